@@ -1,0 +1,1 @@
+"""Builder: data loading/validation/cleaning, chat formatting + loss masking, QLoRA training, evaluation."""

@@ -1,0 +1,1 @@
+"""Export: merge, GGUF conversion + quantization, parity check, Ollama Modelfile, edge bundle."""

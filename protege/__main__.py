@@ -1,0 +1,5 @@
+import sys
+
+from protege.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""`protege ask`: Ask the assistant (RAG with sources and a confidence gate)."""
+
+from __future__ import annotations
+
+import argparse
+
+from protege.commands._common import add_config_args
+
+HELP = "Ask the assistant (RAG with sources and a confidence gate)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protege.errors import ProtegeError
+
+    raise ProtegeError("not implemented yet")

@@ -1,0 +1,19 @@
+"""`protege run`: Chat with an assistant in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+
+from protege.commands._common import add_config_args
+
+HELP = "Chat with an assistant in the terminal"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protege.errors import ProtegeError
+
+    raise ProtegeError("not implemented yet")

@@ -1,0 +1,216 @@
+"""The pydantic tree for assistant.yaml: the single source of every default.
+
+Each stage reads its own section. Unknown keys are errors (``extra="forbid"``) so a typo never silently falls back to a
+default. Relative paths are resolved against the YAML file's folder when the file is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_BASE = "smollm2-135m-instruct"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StyleMarkers(Section):
+    """Machine-checkable traits of the persona's voice, used by `protege eval` for a style-adherence rate."""
+
+    starts_with: str | None = None
+    ends_with: str | None = None
+    contains: list[str] = Field(default_factory=list)
+
+
+class PersonaConfig(Section):
+    system_prompt: str = "You are a helpful assistant."
+    style_markers: StyleMarkers = Field(default_factory=StyleMarkers)
+
+
+class BaseModelConfig(Section):
+    """`model`: the embedded default id, a local HF directory, or (with internet) a hub id."""
+
+    model: str = DEFAULT_BASE
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class CsvColumns(Section):
+    prompt: str = "prompt"
+    response: str = "response"
+    system: str | None = None
+
+
+class CleanConfig(Section):
+    strip_html: bool = True
+    normalize_whitespace: bool = True
+    dedup_exact: bool = True
+    near_dup_threshold: float | None = Field(0.92, gt=0, le=1, description="embedding cosine; null disables")
+    min_response_tokens: int = Field(2, ge=0)
+    drop_placeholders: bool = True
+
+
+class DataConfig(Section):
+    files: list[Path] = Field(default_factory=list, description="training files: JSON/JSONL/CSV")
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "csv"] = "auto"
+    csv: CsvColumns = Field(default_factory=CsvColumns)
+    on_error: Literal["fail", "skip"] = "fail"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_files: list[Path] = Field(default_factory=list)
+    max_seq_len: int = Field(512, gt=0)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    seed: int = 42
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainConfig(Section):
+    method: Literal["qlora", "lora", "dora"] = "qlora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: run `epochs`")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    packing: bool = Field(True, description="padding-free packed batches; false: length-grouped batches")
+    eval_steps: int = Field(20, gt=0)
+    save_steps: int = Field(20, gt=0)
+    save_total_limit: int = Field(3, gt=0)
+    early_stopping_patience: int | None = Field(3, ge=1)
+    logging_steps: int = Field(5, gt=0)
+    report_to: Literal["tensorboard", "swanlab", "none"] = "tensorboard"
+    seed: int = 42
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; null: all cores")
+
+
+class EvalConfig(Section):
+    prompts_file: Path | None = Field(None, description="JSONL of {prompt, reference?} to compare base vs tuned")
+    max_new_tokens: int = Field(64, gt=0)
+    max_samples: int = Field(40, gt=0)
+
+
+QuantType = Literal["q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k", "q8_0"]
+
+
+class MergeConfig(Section):
+    base: Literal["auto", "original", "nf4_roundtrip"] = "auto"
+
+
+class ParityConfig(Section):
+    min_top1: float = Field(0.98, gt=0, le=1)
+    positions: int = Field(256, gt=0)
+    max_ppl_increase: float = Field(0.10, gt=0, description="q-quant perplexity vs f16, relative; reported")
+
+
+class ExportConfig(Section):
+    outtype: Literal["f16", "bf16", "f32"] = "f16"
+    quants: list[QuantType] = Field(default_factory=lambda: ["q4_k_m", "q8_0"])
+    default_quant: str = "q4_k_m"
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    parity: ParityConfig = Field(default_factory=ParityConfig)
+    lora_gguf: bool = False
+    num_ctx: int = Field(2048, gt=0)
+
+
+class ChromaServer(Section):
+    host: str | None = None
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+class KnowledgeConfig(Section):
+    folder: Path | None = None
+    collection: str | None = Field(None, description="default: the assistant's name")
+    chunk_size: int = Field(200, gt=0, description="tokens of the embedder")
+    chunk_overlap: int = Field(30, ge=0)
+    top_k: int = Field(4, gt=0)
+    min_score: float = Field(0.35, ge=0, le=1, description="refuse when the best final score is below")
+    hybrid: bool = False
+    rerank: str | None = Field(None, description="local cross-encoder path; null: no rerank")
+    refusal: str = "I don't know: my documents don't cover that."
+    chroma: ChromaServer = Field(default_factory=ChromaServer)
+    embed_batch_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "KnowledgeConfig":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap must be < chunk_size ({self.chunk_size}), got {self.chunk_overlap}")
+        return self
+
+
+class ServeConfig(Section):
+    engine: Literal["llamacpp", "vllm", "fake"] = "llamacpp"
+    host: str = "127.0.0.1"
+    port: int = Field(11435, gt=0, lt=65536)
+    quant: str | None = Field(None, description="GGUF to serve; null: export.default_quant")
+    n_ctx: int = Field(2048, gt=0)
+    n_threads: int | None = Field(None, gt=0)
+    parallel: int = Field(4, gt=0, description="sequences decoded together")
+    max_queue: int = Field(32, gt=0)
+    api_keys: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(2_000_000, gt=0)
+    rag: bool = True
+
+
+class AssistantConfig(Section):
+    name: str
+    persona: PersonaConfig = Field(default_factory=PersonaConfig)
+    base: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    knowledge: KnowledgeConfig | None = None
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"must be 2-63 chars of a-z 0-9 . _ - starting with a letter or digit, got {v!r}")
+        return v
+
+    def collection_name(self) -> str:
+        return (self.knowledge and self.knowledge.collection) or self.name
+
+    def section(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def resolve_paths(cfg: AssistantConfig, root: Path) -> AssistantConfig:
+    """Make every relative path absolute against `root` (the YAML's folder), so artifacts do not depend on cwd."""
+
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (root / p).resolve()
+
+    cfg.data.files = [fix(p) for p in cfg.data.files]
+    cfg.data.val_files = [fix(p) for p in cfg.data.val_files]
+    cfg.eval.prompts_file = fix(cfg.eval.prompts_file)
+    if cfg.knowledge is not None:
+        cfg.knowledge.folder = fix(cfg.knowledge.folder)
+        if cfg.knowledge.rerank and not Path(cfg.knowledge.rerank).is_absolute() and (root / cfg.knowledge.rerank).exists():
+            cfg.knowledge.rerank = str((root / cfg.knowledge.rerank).resolve())
+    base = cfg.base.model
+    if base != DEFAULT_BASE and (base.startswith((".", "/", "~")) or (root / base).is_dir()):
+        cfg.base.model = str(fix(Path(base)))
+    return cfg

@@ -1,0 +1,1 @@
+"""RAG: load -> chunk -> embed -> Chroma store; retrieve with a confidence gate; answers cite their sources."""

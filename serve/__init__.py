@@ -1,0 +1,1 @@
+"""Serve: OpenAI- and Ollama-compatible APIs over llama.cpp (CPU), vLLM (GPU) or a fake engine (tests)."""
