@@ -40,7 +40,8 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null || [ ! -f "$SHARE/conv
   # llama.cpp's converter of exactly the runtime's version, with its own gguf-py (install time, never run time).
   tmp=$(mktemp -d)
   tar -xzf "$SDIST" -C "$tmp" --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
-      '*/vendor/llama.cpp/convert_lora_to_gguf.py' '*/vendor/llama.cpp/gguf-py/*'
+      '*/vendor/llama.cpp/convert_lora_to_gguf.py' '*/vendor/llama.cpp/gguf-py/*' \
+      '*/vendor/llama.cpp/conversion/*'
   rm -rf "$SHARE" && mkdir -p "$(dirname "$SHARE")"
   mv "$tmp"/*/vendor/llama.cpp "$SHARE"
   echo "$LLAMA_CPP_VERSION" > "$SHARE/VERSION"

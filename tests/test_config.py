@@ -108,3 +108,13 @@ def test_save_resolved_is_complete_and_atomic(tmp_path):
     out = save_resolved(cfg, tmp_path / "art")
     assert yaml.safe_load(out.read_text())["serve"]["engine"] == "llamacpp"
     assert [p.name for p in (tmp_path / "art").iterdir()] == ["config.yaml"]  # no temp file left behind
+
+
+def test_readme_config_reference_is_generated_from_the_model():
+    from protege.config_reference import BEGIN, END, render
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == render(), "README out of date: python -m protege.config_reference --write README.md"
+    for line in render().splitlines()[2:]:
+        assert line.startswith("| `")
