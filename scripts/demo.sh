@@ -9,7 +9,7 @@ start=$(date +%s)
 $P build "$CONFIG" "$@"
 echo
 echo "== One knowledge question, answered from the documents with its sources =="
-$P ask "$CONFIG" "How long does Byte Harbor Cloud keep daily backups on the Anchor plan?"
+$P ask "$CONFIG" "How much does the Sloop server cost each month?"
 echo
 echo "== And one it must refuse (nothing in the documents) =="
 $P ask "$CONFIG" "Who won the 1998 football world cup?"

@@ -14,6 +14,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protege.errors import ProtegeError
+    from builder.evaluate import run as evaluate
+    from builder.eval_report import ROWS
+    from protege.commands._common import load
 
-    raise ProtegeError("not implemented yet")
+    cfg, paths = load(args)
+    res = evaluate(cfg, paths)
+    for key, label in ROWS:
+        b, t = res["base"][key], res["tuned"][key]
+        if b is not None or t is not None:
+            print(f"{label:32s} base {b if b is not None else 'n/a':>10}   tuned {t if t is not None else 'n/a':>10}")
+    print(f"report: {paths.eval / 'report.md'}")
+    return 0

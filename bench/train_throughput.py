@@ -1,0 +1,174 @@
+"""Training throughput: `protege train`'s path (trl SFTTrainer, padding-free packed rows of max_seq_len, masked
+labels) vs the plain recipe from the seeds (HF Trainer + peft + bitsandbytes, every sample padded to 384, batch 4),
+both QLoRA nf4 on the same base and the same synthetic persona data, measured in the same run. Each side runs in its
+own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
+steps (the first step, with its warm-up, is excluded). Prints both and the ratio; appends a JSON line to
+bench/results/train_throughput.jsonl. No absolute time is asserted.
+
+    .venv/bin/python bench/train_throughput.py                  # SmolLM2-135M, 4 timed steps each
+    .venv/bin/python bench/train_throughput.py --model tiny --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PROTEGE_BASE_HOME", str(ROOT / ".pytest_cache" / "protege-base"))
+PLAIN_LEN, PLAIN_BATCH = 384, 4
+
+
+def step_timer():
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        """Wall time and non-padding tokens from the end of step 1 to the end of the run."""
+
+        def __init__(self):
+            self.t1 = self.tok1 = None
+            self.t_end = self.tok_end = None
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 1:
+                self.t1, self.tok1 = time.perf_counter(), state.num_input_tokens_seen
+            self.t_end, self.tok_end = time.perf_counter(), state.num_input_tokens_seen
+
+        def result(self) -> dict:
+            secs, toks = self.t_end - self.t1, self.tok_end - self.tok1
+            return {"timed_seconds": round(secs, 3), "real_tokens": int(toks),
+                    "tokens_per_second": round(toks / secs, 1) if secs > 0 else 0.0}
+
+    return Timer()
+
+
+def make_cfg(base: str, data: Path, steps: int, home: Path):
+    from protege.config_file import config_from_dict
+
+    return config_from_dict({
+        "name": "bench", "base": {"model": base},
+        "data": {"files": [str(data)], "val_fraction": 0, "max_seq_len": PLAIN_LEN,
+                 "clean": {"near_dup_threshold": None}},
+        "train": {"method": "qlora", "max_steps": steps + 1, "batch_size": 8, "report_to": "none",
+                  "early_stopping_patience": None},
+    })
+
+
+def run_ours(cfg, paths) -> dict:
+    from builder.data import prepare
+    from builder.train import build_trainer
+
+    prepare(cfg, paths)
+    trainer, _, info = build_trainer(cfg, paths, quiet=True)
+    timer = step_timer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return {**timer.result(), "batch": f"{cfg.train.batch_size} packed rows x {PLAIN_LEN}",
+            "device": info["device"], "precision": info["precision"]}
+
+
+def run_plain(cfg, paths) -> dict:
+    """The seeds' recipe: tokenize chat-templated text, pad every sample to 384, labels = ids (pad -> -100)."""
+    import torch
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from builder.base_model import resolve_base
+    from builder.data import load_files
+    from builder.train import load_model, pick_device, pick_precision
+
+    device = pick_device()
+    precision = pick_precision("auto", device)
+    base = resolve_base(cfg.base.model)
+    tok = AutoTokenizer.from_pretrained(base)
+    convs = [c.messages for c in load_files(cfg.data.files, cfg).conversations]
+    texts = [tok.apply_chat_template(m, tokenize=False) for m in convs]
+    enc = tok(texts, padding="max_length", truncation=True, max_length=PLAIN_LEN, add_special_tokens=False)
+    rows = [{"input_ids": torch.tensor(i), "attention_mask": torch.tensor(a),
+             "labels": torch.tensor([t if m else -100 for t, m in zip(i, a)])}
+            for i, a in zip(enc["input_ids"], enc["attention_mask"])]
+    model = load_model(cfg, base, device, precision)
+    args = TrainingArguments(
+        output_dir=str(paths.train / "plain"), per_device_train_batch_size=PLAIN_BATCH,
+        max_steps=cfg.train.max_steps, learning_rate=cfg.train.learning_rate, report_to="none", save_strategy="no",
+        logging_steps=1000, use_cpu=device == "cpu", bf16=precision == "bf16", fp16=precision == "fp16",
+        include_num_input_tokens_seen="non_padding", disable_tqdm=True, seed=0,
+    )
+    timer = step_timer()
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer]).train()
+    return {**timer.result(), "batch": f"{PLAIN_BATCH} samples padded to {PLAIN_LEN}", "device": device,
+            "precision": precision}
+
+
+def child(side: str, base: str, steps: int) -> None:
+    import torch
+
+    from builder.monitor import peak_memory_mb
+    from builder.synth import write_dataset
+    from protege.paths import AssistantPaths
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_dataset(Path(tmp) / "data", n=300, seed=3)
+        os.environ["PROTEGE_HOME"] = str(Path(tmp) / "home")
+        cfg = make_cfg(base, data, steps, Path(tmp))
+        paths = AssistantPaths.for_name("bench")
+        res = (run_ours if side == "ours" else run_plain)(cfg, paths)
+        res["peak_memory_mb"] = peak_memory_mb(res["device"])
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="base id or dir; 'tiny' builds a tiny Llama")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
+    ap.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.model, args.steps)
+    model = args.model
+    tmp = tempfile.mkdtemp()
+    if model == "tiny":
+        from tests.tiny_model import make_tiny_llama
+
+        model = str(make_tiny_llama(Path(tmp) / "tiny"))
+    results = {}
+    for side in ("plain", "ours"):
+        out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model, "--steps",
+                              str(args.steps)], capture_output=True, text=True)
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
+        results[side] = json.loads(line[-1][7:])
+        print(f"{side:6s} {results[side]['tokens_per_second']:>9.1f} real tok/s   peak "
+              f"{results[side]['peak_memory_mb']:>8.1f} MiB   ({results[side]['batch']})")
+    ratio = results["ours"]["tokens_per_second"] / max(results["plain"]["tokens_per_second"], 1e-9)
+    mem = results["ours"]["peak_memory_mb"] / max(results["plain"]["peak_memory_mb"], 1e-9)
+    print(f"ratio  ours/plain tokens/s = {ratio:.2f}x   peak memory ours/plain = {mem:.2f}x")
+    import torch
+    import transformers
+    import trl
+
+    record = {"bench": "train_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": platform.machine(), "platform": platform.platform(), "cpus": os.cpu_count(),
+              "model": args.model, "steps": args.steps, "torch": torch.__version__,
+              "transformers": transformers.__version__, "trl": trl.__version__, **results,
+              "ratio_tokens_per_second": round(ratio, 3), "ratio_peak_memory": round(mem, 3)}
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "train_throughput.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

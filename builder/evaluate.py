@@ -1,0 +1,153 @@
+"""`protege eval`: base vs tuned on the held-out split (and the optional prompts file).
+
+Measures val loss + perplexity on the assistant tokens (same masking as training), ROUGE-L and BLEU-4 of greedy
+generations against references, and the style-adherence rate when the persona declares markers. One model object
+serves both sides: the PEFT adapter is disabled for the base. Generation stops at the end-of-turn token
+(`<|im_end|>`, the tokenizer's eos). Writes eval/eval.json, eval/report.md and eval/scores.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from protege.config import AssistantConfig
+from protege.errors import DataError, ProtegeError
+from protege.paths import AssistantPaths
+
+
+def read_prompts(path: Path, system: str | None) -> list[dict]:
+    """{"prompt": ..., "reference": ...?} per line -> [{"messages": [...], "reference": str|None, "source": ...}]."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise DataError(f"{path}:{n}: expected an object with a non-empty string 'prompt'")
+        ref = rec.get("reference")
+        if ref is not None and not isinstance(ref, str):
+            raise DataError(f"{path}:{n}: 'reference' must be a string")
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": rec["prompt"]}]
+        out.append({"messages": msgs, "reference": ref, "source": f"{path.name}:{n}"})
+    return out
+
+
+def held_out(val: list[list[dict]]) -> list[dict]:
+    """Each val conversation becomes a prompt (all but the last reply) and its reference (the last reply)."""
+    return [{"messages": m[:-1], "reference": m[-1]["content"], "source": f"val:{i + 1}"} for i, m in enumerate(val)]
+
+
+def load_tuned(cfg: AssistantConfig, paths: AssistantPaths):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from builder.base_model import resolve_base
+
+    if not (paths.adapter / "adapter_config.json").is_file():
+        raise ProtegeError(f"{paths.adapter}: no adapter yet: run `protege train` first")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    base_dir = resolve_base(cfg.base.model)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+    model = PeftModel.from_pretrained(model, paths.adapter).eval()
+    return model, tokenizer, device
+
+
+def mean_loss(model, tokenizer, conversations: list[list[dict]], max_seq_len: int, device: str) -> float | None:
+    """Token-weighted mean cross-entropy over assistant tokens (labels as in training)."""
+    import torch
+
+    from builder.format import encode_all
+
+    encoded, _ = encode_all(tokenizer, conversations, max_seq_len)
+    total = count = 0.0
+    with torch.no_grad():
+        for e in encoded:
+            ids = torch.tensor([e.input_ids], device=device)
+            labels = torch.tensor([e.labels], device=device)
+            n = int((labels[:, 1:] != -100).sum())
+            if n:
+                total += float(model(input_ids=ids, labels=labels).loss) * n
+                count += n
+    return total / count if count else None
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, device: str,
+             batch_size: int = 8) -> list[str]:
+    """Greedy replies, left-padded batches, stopping at the end-of-turn token."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts[i:i + batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=tokenizer.pad_token_id)
+        for row in gen[:, batch["input_ids"].shape[1]:]:
+            out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+def score(replies: list[str], items: list[dict], cfg: AssistantConfig) -> dict:
+    from builder.metrics import bleu4, follows_style, has_markers, rouge_l
+
+    refs = [(r, it["reference"]) for r, it in zip(replies, items) if it["reference"]]
+    markers = cfg.persona.style_markers
+    return {
+        "rouge_l": round(sum(rouge_l(h, r) for h, r in refs) / len(refs), 4) if refs else None,
+        "bleu4": round(bleu4([h for h, _ in refs], [r for _, r in refs]), 4) if refs else None,
+        "style_adherence": (round(sum(follows_style(r, markers) for r in replies) / len(replies), 4)
+                            if replies and has_markers(markers) else None),
+    }
+
+
+def run(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
+    """Compare base vs tuned; write eval/eval.json, eval/report.md, eval/scores.png; return the results."""
+    from builder.data import read_jsonl
+    from builder.eval_report import write_report
+    from protege.config_file import atomic_write_text, save_resolved
+
+    model, tokenizer, device = load_tuned(cfg, paths)
+    val_path = paths.data / "val.jsonl"
+    val = read_jsonl(val_path)[: cfg.eval.max_samples] if val_path.is_file() else []
+    items = held_out(val)
+    if cfg.eval.prompts_file:
+        if not Path(cfg.eval.prompts_file).is_file():
+            raise DataError(f"{cfg.eval.prompts_file}: eval.prompts_file not found")
+        items += read_prompts(Path(cfg.eval.prompts_file), cfg.persona.system_prompt)[: cfg.eval.max_samples]
+    if not items:
+        raise DataError(f"{val_path}: no held-out examples and no eval.prompts_file: nothing to evaluate")
+    results: dict = {"samples": {"held_out": len(val), "prompts": len(items) - len(val)}, "device": device}
+    samples = []
+    for side in ("base", "tuned"):
+        if side == "base":
+            with model.disable_adapter():
+                loss = mean_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
+                replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens, device)
+        else:
+            loss = mean_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
+            replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens, device)
+        results[side] = {"val_loss": round(loss, 4) if loss is not None else None,
+                         "perplexity": round(math.exp(loss), 3) if loss is not None else None,
+                         **score(replies, items, cfg)}
+        samples.append(replies)
+    results["examples"] = [{"source": it["source"], "prompt": it["messages"][-1]["content"],
+                            "reference": it["reference"], "base": b, "tuned": t}
+                           for it, b, t in list(zip(items, *samples))[:10]]
+    paths.eval.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.eval / "eval.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_report(results, cfg, paths.eval)
+    save_resolved(cfg, paths.eval)
+    return results

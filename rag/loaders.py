@@ -1,0 +1,165 @@
+"""Turn a folder of documents into text: .md .markdown .txt .html .htm .pdf .docx.
+
+Why this shape: one file that fails to parse (a broken PDF, a binary file, bad encoding) must never stop an index run,
+so `load_file` raises `LoadError` with a short reason and `walk` lists what to skip and why. HTML and DOCX headings
+are turned into markdown headings so the chunker keeps their section path like it does for .md files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TEXT_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".rst": "text"}
+HTML_TYPES = {".html", ".htm"}
+SUPPORTED = set(TEXT_TYPES) | HTML_TYPES | {".pdf", ".docx"}
+
+
+class LoadError(Exception):
+    """A file could not be turned into text; the message is the reason shown in the index report."""
+
+
+@dataclass
+class Document:
+    path: str              # relative to the knowledge folder, posix separators
+    text: str
+    kind: str = "text"     # "markdown" (split by headers) or "text"
+    page: int | None = None  # 1-based PDF page
+
+
+def walk(folder: Path) -> tuple[list[Path], list[dict]]:
+    """Files to index (sorted) and skipped ones ({path, reason}); hidden entries and symlinks leaving the folder are
+    ignored silently, symlinked folders are not followed (no cycles)."""
+    root = folder.resolve()
+    files: list[Path] = []
+    skipped: list[dict] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                try:
+                    target = p.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    continue
+                if not target.is_relative_to(root) or not target.is_file():
+                    continue
+            if not p.is_file():
+                continue
+            if p.suffix.lower() not in SUPPORTED:
+                skipped.append({"path": relpath(p, folder), "reason": f"unsupported file type {p.suffix or '(none)'}"})
+                continue
+            files.append(p)
+    return files, skipped
+
+
+def relpath(p: Path, folder: Path) -> str:
+    return p.relative_to(folder).as_posix()
+
+
+def load_file(p: Path, rel: str) -> list[Document]:
+    """One Document per file (per page for PDFs); raises LoadError when nothing readable comes out."""
+    ext = p.suffix.lower()
+    try:
+        if ext in TEXT_TYPES:
+            docs = [Document(rel, _read_text(p), TEXT_TYPES[ext])]
+        elif ext in HTML_TYPES:
+            docs = [Document(rel, _html_to_markdown(_read_text(p)), "markdown")]
+        elif ext == ".pdf":
+            docs = _load_pdf(p, rel)
+        elif ext == ".docx":
+            docs = [Document(rel, _docx_to_markdown(p), "markdown")]
+        else:
+            raise LoadError(f"unsupported file type {ext}")
+    except LoadError:
+        raise
+    except Exception as e:  # parsers raise many types on corrupt input; one bad file must not stop the run
+        raise LoadError(f"cannot parse {ext[1:]}: {type(e).__name__}: {str(e)[:120]}") from None
+    docs = [d for d in docs if d.text.strip()]
+    if not docs:
+        raise LoadError("no extractable text")
+    return docs
+
+
+def _read_text(p: Path) -> str:
+    data = p.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise LoadError("binary content (NUL bytes) in a text file")
+    for enc in ("utf-8-sig", "utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig",):
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise LoadError("not UTF-8 text") from None
+    if sum(not (c.isprintable() or c.isspace()) for c in text) > len(text) * 0.05:
+        raise LoadError("binary content in a text file")
+    return text
+
+
+def _html_to_markdown(html: str) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "nav", "footer", "head"]):
+        tag.decompose()
+    for level in range(1, 7):
+        for h in soup.find_all(f"h{level}"):
+            title = " ".join(h.get_text(" ").split())
+            h.replace_with(f"\n\n{'#' * level} {title}\n\n" if title else "")
+    for li in soup.find_all("li"):
+        li.insert_before("\n- ")
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    text = soup.get_text("\n")
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:  # collapse runs of blank lines
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+def _load_pdf(p: Path, rel: str) -> list[Document]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(str(p), strict=False)
+    if reader.is_encrypted:
+        try:
+            if not reader.decrypt(""):
+                raise LoadError("encrypted PDF")
+        except LoadError:
+            raise
+        except Exception:
+            raise LoadError("encrypted PDF") from None
+    docs = []
+    for i, page in enumerate(reader.pages, start=1):
+        text = page.extract_text() or ""
+        docs.append(Document(rel, text, "text", page=i))
+    return docs
+
+
+def _docx_to_markdown(p: Path) -> str:
+    import docx
+
+    document = docx.Document(str(p))
+    out = []
+    for para in document.paragraphs:
+        text = para.text.strip()
+        if not text:
+            continue
+        style = (para.style.name if para.style is not None else "") or ""
+        if style.startswith("Heading ") and style[8:].isdigit():
+            out.append(f"\n{'#' * min(int(style[8:]), 6)} {text}\n")
+        elif style == "Title":
+            out.append(f"\n# {text}\n")
+        else:
+            out.append(text)
+    for table in document.tables:
+        for row in table.rows:
+            out.append(" | ".join(c.text.strip() for c in row.cells))
+    return "\n".join(out)

@@ -1,0 +1,142 @@
+"""Ranked retrieval: dense cosine top-k, optional BM25 fusion by reciprocal rank, optional cross-encoder rerank.
+
+Scores and the gate. The confidence gate (`knowledge.min_score`) compares against the FINAL scores, which always live
+in [0, 1] and mean the same thing whatever ranks them:
+- dense only: the cosine similarity of question and chunk (1 - Chroma's cosine distance, clamped at 0);
+- hybrid: reciprocal rank fusion (1/(60 + rank) summed over the dense and the BM25 list) decides the ORDER, and each
+  fused chunk keeps its cosine similarity as its score (BM25-only candidates get theirs computed from their stored
+  vectors). RRF values themselves say nothing absolute (rank 1 always scores the same, relevant or not), so gating on
+  them would let every out-of-domain question through; the cosine keeps the threshold's meaning;
+- rerank: the cross-encoder's relevance probability (sigmoid of its logit), which is already in [0, 1]; the order and
+  the score both come from it, so `protege rag calibrate` must be re-run after turning rerank on or off."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from rag.store import Hit, Store
+from rag.types import Source
+
+RRF_K = 60
+_STOP = set(
+    "a an and are as at be by can do does for from how i if in is it its my of on or our so that the their then there "
+    "these this to was we what when where which who why will with you your".split()
+)
+
+
+def bm25_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens without stop words, with a crude plural strip (refunds ~ refund)."""
+    out = []
+    for t in re.findall(r"[a-z0-9]+", text.lower()):
+        if t in _STOP:
+            continue
+        if len(t) > 4 and t.endswith("s") and not t.endswith("ss"):
+            t = t[:-1]
+        out.append(t)
+    return out
+
+
+class Retriever:
+    def __init__(self, store: Store, embedder, top_k: int = 4, hybrid: bool = False, rerank: str | None = None,
+                 candidates: int | None = None):
+        self.store, self.embedder, self.top_k = store, embedder, top_k
+        self.hybrid, self.rerank_path = hybrid, rerank
+        self.candidates = candidates or max(4 * top_k, 20)
+        self._bm25 = None
+        self._bm25_key = None
+        self._cross = None
+
+    def invalidate(self) -> None:
+        """Call after the collection changed (the BM25 index is an in-memory copy)."""
+        self._bm25 = self._bm25_key = None
+
+    def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
+        """Final ranked sources, best first, no gate applied (`qvec`: the question's embedding if already known)."""
+        k = k or self.top_k
+        if qvec is None:
+            qvec = self.embedder.embed_query(question)
+        n = max(k, self.candidates) if (self.hybrid or self.rerank_path) else k
+        hits = self.store.query(qvec, n)
+        if self.hybrid:
+            hits = self._fuse(question, qvec, hits, n)
+        if self.rerank_path:
+            hits = self._rerank(question, hits)
+        return [_source(h) for h in hits[:k]]
+
+    def search_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
+        """Like search() for many questions, embedding them in one batch (eval and calibration)."""
+        vectors = self.embedder.embed(questions)
+        return [self.search(q, k, v) for q, v in zip(questions, vectors)]
+
+    # --- hybrid -------------------------------------------------------------------------------------------------
+    def _bm25_index(self):
+        key = self.store.count()
+        if self._bm25 is None or self._bm25_key != key:
+            from rank_bm25 import BM25Okapi
+
+            ids, docs = [], []
+            for cid, _, doc in self.store.iter_all(include=("documents",)):
+                ids.append(cid)
+                docs.append(bm25_tokens(doc) or ["_"])
+            self._bm25 = (BM25Okapi(docs), ids) if ids else None
+            self._bm25_key = key
+        return self._bm25
+
+    def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int) -> list[Hit]:
+        index = self._bm25_index()
+        tokens = bm25_tokens(question)
+        if index is None or not tokens:
+            return dense
+        bm25, ids = index
+        scores = bm25.get_scores(tokens)
+        order = sorted(range(len(ids)), key=lambda i: -scores[i])[:n]
+        lexical = [ids[i] for i in order if scores[i] > 0]
+        fused: dict[str, float] = {}
+        for rank, h in enumerate(dense):
+            fused[h.id] = fused.get(h.id, 0.0) + 1.0 / (RRF_K + rank + 1)
+        for rank, cid in enumerate(lexical):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
+        by_id = {h.id: h for h in dense}
+        missing = [cid for cid in lexical if cid not in by_id]
+        for h in self._with_cosine(missing, qvec):
+            by_id[h.id] = h
+        ranked = sorted(fused, key=lambda cid: (-fused[cid], -by_id[cid].score if cid in by_id else 0))
+        return [by_id[cid] for cid in ranked if cid in by_id]
+
+    def _with_cosine(self, ids: list[str], qvec: list[float]) -> list[Hit]:
+        if not ids:
+            return []
+        res = self.store.col.get(ids=ids, include=["documents", "metadatas", "embeddings"])
+        out = []
+        for cid, doc, meta, emb in zip(res["ids"], res["documents"], res["metadatas"], res["embeddings"]):
+            cos = float(sum(a * b for a, b in zip(qvec, emb)))
+            out.append(Hit(cid, doc or "", dict(meta or {}), min(1.0, max(0.0, cos))))
+        return out
+
+    # --- rerank -------------------------------------------------------------------------------------------------
+    def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+        if not hits:
+            return hits
+        if self._cross is None:
+            from protege.errors import ProtegeError, require
+
+            st = require("sentence_transformers", "rag")
+            path = Path(self.rerank_path).expanduser()
+            if not path.exists():
+                raise ProtegeError(f"knowledge.rerank: {path} is not a local cross-encoder folder")
+            self._cross = st.CrossEncoder(str(path), device="cpu", local_files_only=True)
+        raw = [float(x) for x in self._cross.predict([(question, h.text) for h in hits])]
+        if any(x < 0 or x > 1 for x in raw):
+            raw = [1.0 / (1.0 + math.exp(-x)) for x in raw]
+        for h, s in zip(hits, raw):
+            h.score = s
+        return sorted(hits, key=lambda h: -h.score)
+
+
+def _source(h: Hit) -> Source:
+    m = h.metadata
+    page = m.get("page")
+    return Source(path=m.get("path", ""), section=m.get("section") or None, page=int(page) if page is not None else None,
+                  chunk_id=h.id, score=round(float(h.score), 4), text=h.text)

@@ -1,0 +1,442 @@
+"""Wire types of the OpenAI and Ollama APIs (pure pydantic: no torch, no engine imports).
+
+Ordered like OpenAI's API reference: chat completions (request, response, chunk), completions, models, embeddings,
+errors; then Ollama's request/response types. Requests accept unknown fields (clients send vendor extras) but every
+field we *do* know is validated and, where an engine cannot honour it, rejected by the router instead of ignored.
+Responses carry two extra fields for RAG: `sources` and `confidence`; requests carry the extra field `rag`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Lenient(BaseModel):
+    """Requests: unknown fields are kept (and ignored) so new client versions keep working."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _norm_stop(v: str | list[str] | None) -> list[str] | None:
+    if v is None:
+        return None
+    v = [v] if isinstance(v, str) else v
+    if len(v) > 4:
+        raise ValueError("at most 4 stop sequences")
+    return [s for s in v if s]
+
+
+# --------------------------------------------------------------------------------------------------------- chat
+class ContentPart(_Lenient):
+    type: str = "text"
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """Flatten content parts; only text parts are supported (images are rejected by the router)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+    def has_non_text(self) -> bool:
+        return isinstance(self.content, list) and any(p.type != "text" for p in self.content)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(_Lenient):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_present(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format.type 'json_schema' needs response_format.json_schema.schema")
+        return self
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = Field(None, gt=0)
+    max_completion_tokens: int | None = Field(None, gt=0)
+    n: int = Field(1, ge=1, le=16)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    user: str | None = None
+    # Protégé extra: turn retrieval off for this request (assistants with a knowledge section).
+    rag: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str] | None:
+        return _norm_stop(v)
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class TopLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(_Out):
+    content: list[TokenLogprob] | None = None
+
+
+class Usage(_Out):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class SourceOut(_Out):
+    path: str
+    section: str | None = None
+    page: int | None = None
+    chunk_id: str
+    score: float
+
+
+class AssistantMessage(_Out):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+
+
+class ChatChoice(_Out):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionResponse(_Out):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    # Protégé extras (present when the answer went through RAG)
+    sources: list[SourceOut] | None = None
+    confidence: float | None = None
+
+
+class ChunkDelta(_Out):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(_Out):
+    index: int
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(_Out):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    sources: list[SourceOut] | None = None
+    confidence: float | None = None
+
+
+# -------------------------------------------------------------------------------------------------- completions
+class CompletionRequest(_Lenient):
+    model: str
+    prompt: str | list[str]
+    echo: bool = False
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(16, gt=0)
+    n: int = Field(1, ge=1, le=16)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str] | None:
+        return _norm_stop(v)
+
+
+class CompletionChoice(_Out):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: Any = None
+
+
+class CompletionResponse(_Out):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------------- models
+class ModelCard(_Out):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "protege"
+
+
+class ModelList(_Out):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --------------------------------------------------------------------------------------------------- embeddings
+class EmbeddingRequest(_Lenient):
+    model: str
+    input: str | list[str] = Field(...)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, gt=0)
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbeddingData(_Out):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(_Out):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: dict[str, int]
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+ErrorCode = Literal["model_not_found", "context_length_exceeded", "invalid_request_error", "unsupported_parameter",
+                    "invalid_api_key", "rate_limit_exceeded", "request_too_large", "server_error", "model_not_loaded"]
+
+
+class ErrorDetail(_Out):
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(_Out):
+    error: ErrorDetail
+
+
+# ======================================================================================================= Ollama
+class OllamaOptions(_Lenient):
+    """The subset of Ollama's runtime options we honour; others are accepted and ignored like Ollama does,
+    except those that change the answer's shape, which the router checks."""
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = None
+    seed: int | None = None
+    num_predict: int | None = None
+    num_ctx: int | None = Field(None, gt=0)
+    stop: list[str] | None = None
+    repeat_penalty: float | None = None
+    # Protégé extra: turn retrieval off
+    rag: bool | None = None
+
+
+class OllamaMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+
+
+class OllamaChatRequest(_Lenient):
+    model: str
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    stream: bool = True
+    format: str | dict[str, Any] | None = None
+    options: OllamaOptions | None = None
+    keep_alive: str | int | None = None
+    think: bool | str | None = None
+
+
+class OllamaGenerateRequest(_Lenient):
+    model: str
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    stream: bool = True
+    format: str | dict[str, Any] | None = None
+    options: OllamaOptions | None = None
+    images: list[str] | None = None
+    keep_alive: str | int | None = None
+
+
+class OllamaFinal(_Out):
+    """Timing fields on the final line of /api/chat and /api/generate (nanoseconds, like Ollama)."""
+
+    done_reason: Literal["stop", "length", "load"] | None = "stop"
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+class OllamaChatResponse(OllamaFinal):
+    model: str
+    created_at: str
+    message: OllamaMessage
+    done: bool
+    sources: list[SourceOut] | None = None
+    confidence: float | None = None
+
+
+class OllamaGenerateResponse(OllamaFinal):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    context: list[int] | None = None
+    sources: list[SourceOut] | None = None
+    confidence: float | None = None
+
+
+class OllamaShowRequest(_Lenient):
+    model: str | None = None
+    name: str | None = None  # older clients
+    verbose: bool = False
+
+    def model_name(self) -> str:
+        return self.model or self.name or ""
+
+
+class OllamaDetails(_Out):
+    parent_model: str = ""
+    format: str = "gguf"
+    family: str = "llama"
+    families: list[str] = Field(default_factory=lambda: ["llama"])
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+class OllamaModel(_Out):
+    name: str
+    model: str
+    modified_at: str
+    size: int = 0
+    digest: str = ""
+    details: OllamaDetails = Field(default_factory=OllamaDetails)
+
+
+class OllamaTags(_Out):
+    models: list[OllamaModel]
+
+
+class OllamaRunning(OllamaModel):
+    expires_at: str = ""
+    size_vram: int = 0
+
+
+class OllamaPs(_Out):
+    models: list[OllamaRunning]
+
+
+class OllamaShowResponse(_Out):
+    modelfile: str = ""
+    parameters: str = ""
+    template: str = ""
+    system: str = ""
+    details: OllamaDetails = Field(default_factory=OllamaDetails)
+    model_info: dict[str, Any] = Field(default_factory=dict)
+    capabilities: list[str] = Field(default_factory=lambda: ["completion"])
+    modified_at: str = ""
+
+
+class OllamaEmbedRequest(_Lenient):
+    model: str
+    input: str | list[str]
+    truncate: bool = True
+    options: OllamaOptions | None = None
+    keep_alive: str | int | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class OllamaEmbedResponse(_Out):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+
+
+class OllamaVersion(_Out):
+    version: str

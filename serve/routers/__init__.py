@@ -1,0 +1,1 @@
+"""HTTP routers: OpenAI and Ollama APIs."""

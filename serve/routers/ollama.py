@@ -1,0 +1,217 @@
+"""Ollama API: /, /api/version, /api/tags, /api/show, /api/ps, /api/chat, /api/generate, /api/embed.
+
+Streaming is NDJSON; the last line has `done: true`, the timing fields Ollama clients read (nanoseconds) and, for RAG
+assistants, `sources` and `confidence`. `options.rag: false` turns retrieval off. Errors use OpenAI's shape (its
+`error` key is where Ollama clients look, too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from starlette.background import BackgroundTask
+
+from serve import protocol as P
+from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage, collect
+from serve.ops import error_body
+from serve.routers.openai import embed_texts, get_embedder
+from serve.service import Prepared, Service
+
+router = APIRouter()
+VERSION = "0.12.0"
+
+
+def _svc(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@router.get("/")
+@router.head("/")
+async def root() -> Any:
+    return PlainTextResponse("Ollama is running")
+
+
+@router.get("/api/version")
+async def version() -> Any:
+    return {"version": VERSION}
+
+
+def _details(spec) -> P.OllamaDetails:
+    return P.OllamaDetails(parent_model=spec.cfg.base.model, quantization_level=spec.quant.upper(),
+                           parameter_size="135M" if spec.cfg.base.model.startswith("smollm2-135m") else "")
+
+
+def _model(spec) -> P.OllamaModel:
+    size = spec.gguf.stat().st_size if spec.gguf and spec.gguf.exists() else 0
+    name = spec.id if ":" in spec.id else f"{spec.id}:latest"
+    return P.OllamaModel(name=name, model=name, modified_at=_iso(spec.modified), size=size,
+                         digest=f"{abs(hash(str(spec.gguf))):016x}", details=_details(spec))
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> Any:
+    reg = _svc(request).manager.registry
+    reg.refresh()
+    return P.OllamaTags(models=[_model(s) for s in sorted(reg.specs.values(), key=lambda s: s.id)]).model_dump()
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> Any:
+    mgr = _svc(request).manager
+    out = []
+    for engine in mgr.engines.values():
+        for mid in engine.model_ids:
+            spec = mgr.registry.get(mid)
+            if spec:
+                m = _model(spec)
+                out.append(P.OllamaRunning(**m.model_dump(), expires_at="9999-12-31T23:59:59Z"))
+    return P.OllamaPs(models=out).model_dump()
+
+
+@router.post("/api/show")
+async def show(req: P.OllamaShowRequest, request: Request) -> Any:
+    spec = _svc(request).manager.spec(req.model_name())
+    params = f"num_ctx {spec.cfg.serve.n_ctx}\nstop \"<|im_end|>\""
+    modelfile = f"FROM {spec.gguf}\nSYSTEM \"\"\"{spec.system_prompt}\"\"\"\nPARAMETER " + params.replace(
+        "\n", "\nPARAMETER ")
+    caps = ["completion"] + (["embedding"] if False else [])
+    return P.OllamaShowResponse(modelfile=modelfile, parameters=params, system=spec.system_prompt,
+                                details=_details(spec), capabilities=caps, modified_at=_iso(spec.modified),
+                                model_info={"general.architecture": "llama",
+                                            "protege.knowledge": spec.has_knowledge}).model_dump()
+
+
+def _params(model: str, options: P.OllamaOptions | None, fmt: Any) -> tuple[GenParams, list[str], bool | None]:
+    o = options or P.OllamaOptions()
+    used = [n for n in ("top_p", "seed", "stop") if getattr(o, n)]
+    if o.top_k:
+        used.append("top_k")
+    if o.repeat_penalty not in (None, 1.0):
+        used.append("repeat_penalty")
+    json_object, json_schema = False, None
+    if fmt == "json":
+        json_object = True
+        used.append("json_object")
+    elif isinstance(fmt, dict):
+        json_schema = fmt
+        used.append("json_schema")
+    elif fmt not in (None, ""):
+        raise EngineError(f"format must be 'json' or a JSON schema object, got {fmt!r}", "format")
+    max_tokens = o.num_predict if o.num_predict and o.num_predict > 0 else None
+    p = GenParams(model=model, max_tokens=max_tokens, temperature=0.8 if o.temperature is None else o.temperature,
+                  top_p=o.top_p or 1.0, top_k=o.top_k or 0, seed=o.seed, stop=o.stop or [], json_object=json_object,
+                  json_schema=json_schema, repeat_penalty=o.repeat_penalty or 1.0)
+    return p, used, o.rag
+
+
+def _timings(usage: Usage, t0: int, reason: str) -> dict:
+    return {"done_reason": reason, "total_duration": time.perf_counter_ns() - t0, "load_duration": 0,
+            "prompt_eval_count": usage.prompt_tokens, "prompt_eval_duration": usage.prompt_ns,
+            "eval_count": usage.completion_tokens, "eval_duration": usage.eval_ns}
+
+
+@router.post("/api/chat")
+async def chat(req: P.OllamaChatRequest, request: Request) -> Any:
+    svc, t0 = _svc(request), time.perf_counter_ns()
+    params, used, rag = _params(req.model, req.options, req.format)
+    if any(m.images for m in req.messages):
+        used.append("images")
+    params.messages = [{"role": m.role, "content": m.content} for m in req.messages]
+    if not params.messages:  # Ollama: an empty chat loads the model
+        await svc.manager.get(req.model)
+        return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
+                "done": True, "done_reason": "load"}
+    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None))
+
+    def line(text: str, done: bool, extra: dict | None = None) -> dict:
+        return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": text},
+                "done": done, **(extra or {})}
+
+    return await _respond(svc, prep, req.stream, t0, line)
+
+
+@router.post("/api/generate")
+async def generate(req: P.OllamaGenerateRequest, request: Request) -> Any:
+    svc, t0 = _svc(request), time.perf_counter_ns()
+    params, used, rag = _params(req.model, req.options, req.format)
+    if req.images:
+        used.append("images")
+    if req.suffix:
+        used.append("suffix")
+    if not req.prompt:  # Ollama: an empty prompt loads the model
+        await svc.manager.get(req.model)
+        return {"model": req.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+    if req.raw:
+        params.prompt = req.prompt
+        rag = False
+    else:
+        params.messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
+            {"role": "user", "content": req.prompt}]
+    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None))
+
+    def line(text: str, done: bool, extra: dict | None = None) -> dict:
+        return {"model": req.model, "created_at": _now(), "response": text, "done": done, **(extra or {})}
+
+    return await _respond(svc, prep, req.stream, t0, line)
+
+
+async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line) -> Any:
+    if not stream:
+        if prep.refusal is not None:
+            usage, text, reason = Usage(), prep.refusal, "stop"
+        else:
+            usage = Usage()
+            res = await collect(svc.stream(prep, usage), 1, usage)
+            text, reason = res.texts[0], res.finish_reasons[0]
+        return JSONResponse(line(text, True, {**_timings(usage, t0, reason), **prep.rag_fields()}))
+    return StreamingResponse(_ndjson(svc, prep, t0, line), media_type="application/x-ndjson",
+                             background=BackgroundTask(prep.release))
+
+
+async def _ndjson(svc: Service, prep: Prepared, t0: int, line) -> AsyncIterator[bytes]:
+    usage, reason = Usage(), "stop"
+    try:
+        if prep.refusal is not None:
+            yield _enc(line(prep.refusal, False))
+        else:
+            async for d in svc.stream(prep, usage):
+                if d.text:
+                    yield _enc(line(d.text, False))
+                if d.finish_reason:
+                    reason = d.finish_reason
+    except EngineError as e:
+        yield _enc(error_body(str(e), e.code, e.type, e.param))
+        return
+    yield _enc(line("", True, {**_timings(usage, t0, reason), **prep.rag_fields()}))
+
+
+def _enc(obj: dict) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+
+
+@router.post("/api/embed")
+async def embed(req: P.OllamaEmbedRequest, request: Request) -> Any:
+    t0 = time.perf_counter_ns()
+    texts = req.texts()
+    embedder = await get_embedder(request, req.model)
+    vecs = await asyncio.to_thread(embed_texts, embedder, texts)
+    return P.OllamaEmbedResponse(model=req.model, embeddings=vecs, total_duration=time.perf_counter_ns() - t0,
+                                 prompt_eval_count=sum(len(t.split()) for t in texts)).model_dump()
+
+
+__all__ = ["router", "UnsupportedParameter"]
