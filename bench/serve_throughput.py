@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,10 +90,8 @@ async def run_clients(base: str, model: str, clients: int, rounds: int, max_toke
     return {"tokens": tokens, "seconds": round(dt, 3), "tok_s": round(tokens / dt, 2)}
 
 
-def run_raw(gguf: Path, rounds: int, max_tokens: int, n_ctx: int, threads: int) -> dict:
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, verbose=False)
+def run_raw(llm, rounds: int, max_tokens: int) -> dict:
+    """llama-cpp-python in this process, no HTTP: the floor for per-request overhead."""
     list(llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, stream=True))
     t0 = time.perf_counter()
     tokens = 0
@@ -102,7 +101,6 @@ def run_raw(gguf: Path, rounds: int, max_tokens: int, n_ctx: int, threads: int) 
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 tokens += 1
     dt = time.perf_counter() - t0
-    llm.close()
     return {"tokens": tokens, "seconds": round(dt, 3), "tok_s": round(tokens / dt, 2)}
 
 
@@ -113,6 +111,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--single-rounds", type=int, default=4, help="sequential requests at 1 client")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of N concurrent requests")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every setup (medians)")
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
@@ -123,43 +122,53 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     cfg = tmp / "bench.yaml"
     cfg.write_text(f"name: bench\npersona:\n  system_prompt: {SYSTEM}\n")
-    results: dict = {}
-
+    n = args.clients
     ours_port, theirs_port = free_port(), free_port()
     ours_base, theirs_base = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}"
     env = {**os.environ, "PROTEGE_HOME": str(tmp / "home")}
-    ours = start([sys.executable, "-m", "protege", "serve", str(cfg), "--no-registry", "--port", str(ours_port),
-                  "--parallel", str(args.clients), "--n-ctx", str(args.n_ctx), "--threads", str(args.threads),
-                  "--log-level", "warning"], ours_base, tmp / "ours.log", env)
+    # Both servers stay up (an idle server costs no CPU) and the setups are measured in interleaved repetitions,
+    # medians reported: on a shared machine the load drifts, and back-to-back blocks would measure the drift.
+    procs = [start([sys.executable, "-m", "protege", "serve", str(cfg), "--no-registry", "--port", str(ours_port),
+                    "--parallel", str(n), "--n-ctx", str(args.n_ctx), "--threads", str(args.threads),
+                    "--log-level", "warning"], ours_base, tmp / "ours.log", env)]
     try:
-        results["protege_1"] = asyncio.run(run_clients(ours_base, "bench", 1, args.single_rounds, args.max_tokens))
-        results[f"protege_{args.clients}"] = asyncio.run(
-            run_clients(ours_base, "bench", args.clients, args.rounds, args.max_tokens))
+        procs.append(start([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port",
+                            str(theirs_port), "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads),
+                            "--verbose", "False",
+                            # its default (True) aborts the running stream whenever a new request arrives
+                            "--interrupt_requests", "False"], theirs_base, tmp / "theirs.log"))
+        from llama_cpp import Llama
+
+        raw = Llama(model_path=str(gguf), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
+        setups = {
+            "protege_1": lambda: asyncio.run(run_clients(ours_base, "bench", 1, args.single_rounds,
+                                                         args.max_tokens)),
+            f"protege_{n}": lambda: asyncio.run(run_clients(ours_base, "bench", n, args.rounds, args.max_tokens)),
+            "llamacpp_server_1": lambda: asyncio.run(run_clients(theirs_base, str(gguf), 1, args.single_rounds,
+                                                                 args.max_tokens)),
+            f"llamacpp_server_{n}": lambda: asyncio.run(run_clients(theirs_base, str(gguf), n, args.rounds,
+                                                                    args.max_tokens)),
+            "raw_1": lambda: run_raw(raw, args.single_rounds, args.max_tokens),
+        }
+        runs: dict[str, list[dict]] = {k: [] for k in setups}
+        for rep in range(args.reps):
+            for name, fn in setups.items():
+                runs[name].append(fn())
+                print(f"rep {rep} {name}: {runs[name][-1]}", flush=True)
     finally:
-        ours.terminate()
-        ours.wait(60)
+        for p in procs:
+            p.terminate()
+            p.wait(60)
+    results = {k: {"tok_s": round(statistics.median(r["tok_s"] for r in v), 2),
+                   "tokens": sum(r["tokens"] for r in v), "seconds": round(sum(r["seconds"] for r in v), 1),
+                   "runs_tok_s": [r["tok_s"] for r in v]} for k, v in runs.items()}
 
-    theirs = start([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(theirs_port),
-                    "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads), "--verbose", "False"],
-                   theirs_base, tmp / "theirs.log")
-    try:
-        results["llamacpp_server_1"] = asyncio.run(
-            run_clients(theirs_base, str(gguf), 1, args.single_rounds, args.max_tokens))
-        results[f"llamacpp_server_{args.clients}"] = asyncio.run(
-            run_clients(theirs_base, str(gguf), args.clients, args.rounds, args.max_tokens))
-    finally:
-        theirs.terminate()
-        theirs.wait(60)
-
-    results["raw_1"] = run_raw(gguf, args.single_rounds, args.max_tokens, args.n_ctx, args.threads)
-
-    n = args.clients
     ratio_n = results[f"protege_{n}"]["tok_s"] / results[f"llamacpp_server_{n}"]["tok_s"]
     ratio_1_raw = results["protege_1"]["tok_s"] / results["raw_1"]["tok_s"]
     ratio_1_server = results["protege_1"]["tok_s"] / results["llamacpp_server_1"]["tok_s"]
-    print(f"{'setup':<22}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
+    print(f"{'setup':<22}{'tokens':>8}{'seconds':>10}{'median tok/s':>14}  runs")
     for k, v in results.items():
-        print(f"{k:<22}{v['tokens']:>8}{v['seconds']:>10}{v['tok_s']:>10}")
+        print(f"{k:<22}{v['tokens']:>8}{v['seconds']:>10}{v['tok_s']:>14}  {v['runs_tok_s']}")
     print(f"protege / llama_cpp.server at {n} clients: {ratio_n:.2f}x (goal >= 2x)")
     print(f"protege / raw llama-cpp-python at 1 client: {ratio_1_raw:.3f} (overhead {100 * (1 - ratio_1_raw):.1f}%, "
           "goal <= 5%)")
@@ -171,6 +180,7 @@ def main() -> int:
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
             "versions": {"python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__},
             "gguf": gguf.name, "clients": n, "max_tokens": args.max_tokens, "threads": args.threads,
+            "reps": args.reps,
             "results": results, "ratio_vs_llamacpp_server_at_n": round(ratio_n, 3),
             "ratio_vs_raw_at_1": round(ratio_1_raw, 3), "ratio_vs_llamacpp_server_at_1": round(ratio_1_server, 3)}
     out = REPO / "bench" / "results" / "serve_throughput.jsonl"

@@ -7,6 +7,7 @@ bench/results/train_throughput.jsonl. No absolute time is asserted.
 
     .venv/bin/python bench/train_throughput.py                  # SmolLM2-135M, 4 timed steps each
     .venv/bin/python bench/train_throughput.py --model tiny --steps 3
+    python bench/train_throughput.py --model smollm2-shaped        # on the GPU machine (no base package there)
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def child(side: str, base: str, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="base id or dir; 'tiny' builds a tiny Llama")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="base id or dir; 'tiny' / 'smollm2-shaped' build a random Llama")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
     ap.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -142,6 +143,10 @@ def main() -> None:
         from tests.tiny_model import make_tiny_llama
 
         model = str(make_tiny_llama(Path(tmp) / "tiny"))
+    elif model == "smollm2-shaped":  # random weights, SmolLM2-135M's shape: for machines without the base package
+        from tests.test_train_gpu import make_smollm2_shaped
+
+        model = str(make_smollm2_shaped(Path(tmp) / "smollm2-shaped"))
     results = {}
     for side in ("plain", "ours"):
         out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model, "--steps",

@@ -71,11 +71,11 @@ def load_model(cfg: AssistantConfig, base_dir: Path, device: str, precision: str
 
 
 def schedule(cfg: AssistantConfig, n_train_batches: int, has_val: bool) -> dict:
-    """Effective step counts: eval at least ~3 times per run even when the run is shorter than train.eval_steps."""
+    """Effective step counts: eval at least twice per run even when the run is shorter than train.eval_steps."""
     tc = cfg.train
     per_epoch = max(1, math.ceil(n_train_batches / tc.grad_accum))
     total = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(per_epoch * tc.epochs))
-    eval_steps = max(1, min(tc.eval_steps, total // 3 or 1))
+    eval_steps = max(1, min(tc.eval_steps, total // 2 or 1))  # at least 2 evals (+ the step-0 one)
     save_steps = eval_steps * max(1, round(tc.save_steps / tc.eval_steps)) if has_val else min(tc.save_steps, total)
     return {"total_steps": total, "steps_per_epoch": per_epoch, "eval_steps": eval_steps,
             "save_steps": min(save_steps, total), "logging_steps": max(1, min(tc.logging_steps, eval_steps))}
@@ -126,11 +126,17 @@ def build_trainer(cfg: AssistantConfig, paths: AssistantPaths, quiet: bool = Fal
         rows = len(train_enc)
     sched = schedule(cfg, math.ceil(rows / tc.batch_size), has_val)
     ckpt_dir = paths.train / "checkpoints"
+    # Padding-free batches are flattened into one sequence. CUDA kernels attend per document (varlen), but CPU SDPA
+    # builds a dense mask over the whole flattened batch, so attention grows with batch_size * max_seq_len. On CPU
+    # we feed one packed row per micro-batch and accumulate to the same effective batch (same optimizer steps).
+    micro, accum = tc.batch_size, tc.grad_accum
+    if device == "cpu" and tc.packing:
+        micro, accum = 1, tc.batch_size * tc.grad_accum
     args = SFTConfig(
         output_dir=str(ckpt_dir), seed=tc.seed, data_seed=tc.seed,
         num_train_epochs=tc.epochs, max_steps=tc.max_steps,
-        per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=tc.batch_size,
-        gradient_accumulation_steps=tc.grad_accum, gradient_checkpointing=tc.gradient_checkpointing,
+        per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accum, gradient_checkpointing=tc.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
         learning_rate=tc.learning_rate, lr_scheduler_type=tc.lr_scheduler, warmup_steps=tc.warmup_ratio,
         weight_decay=tc.weight_decay, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
@@ -217,7 +223,8 @@ def run(cfg: AssistantConfig, paths: AssistantPaths, resume: bool = False, quiet
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - started
     history = trainer.state.log_history
-    final_eval = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+    # With load_best_model_at_end the model in hand is the best checkpoint: its val loss is the best metric.
+    final_eval = trainer.state.best_metric
     save_adapter(trainer.model, trainer.processing_class, cfg, paths.adapter)
     from builder.monitor import curves
 

@@ -151,7 +151,7 @@ def run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool = False) -> di
             report["lora_gguf"] = _file_info(lora)
         report["files"] = {q: _file_info(p) for q, p in ggufs.items()}
         report["template"] = {"translated": parts is not None, "note": note, "end_of_turn": eot,
-                              "stops": parts.stops if parts else [t for t in {tokenizer.eos_token, eot} if t]}
+                              "stops": parts.stops if parts else [t for t in dict.fromkeys([tokenizer.eos_token, eot]) if t]}
         for q, p in ggufs.items():
             modelfile.write_modelfile(stage / f"Modelfile.{q}", p, parts, cfg.persona.system_prompt,
                                       cfg.export.num_ctx, report["template"]["stops"], note)

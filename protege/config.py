@@ -141,7 +141,7 @@ class KnowledgeConfig(Section):
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, gt=0)
     min_score: float = Field(0.35, ge=0, le=1, description="refuse when the best final score is below")
-    hybrid: bool = False
+    hybrid: bool = Field(True, description="fuse BM25 with the dense ranking by reciprocal rank (helps codes, names)")
     rerank: str | None = Field(None, description="local cross-encoder path; null: no rerank")
     refusal: str = "I don't know: my documents don't cover that."
     chroma: ChromaServer = Field(default_factory=ChromaServer)

@@ -41,6 +41,12 @@ def load_qa(path: Path) -> list[dict]:
     return rows
 
 
+def same_source(found: str, expected: str) -> bool:
+    """Paths match exactly, or one is the other with leading folders (a QA file written relative to a parent)."""
+    a, b = found.strip("/"), expected.strip("/")
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
+
+
 def score_questions(kb, qa: list[dict]) -> list[dict]:
     """Per question: confidence (best final score) and the rank of the first chunk from the expected source."""
     out = []
@@ -49,7 +55,7 @@ def score_questions(kb, qa: list[dict]) -> list[dict]:
         top = ranked[: kb.cfg.top_k]
         rank = None
         if row["source"]:
-            rank = next((i + 1 for i, s in enumerate(ranked) if s.path == row["source"]), None)
+            rank = next((i + 1 for i, s in enumerate(ranked) if same_source(s.path, row["source"])), None)
         out.append({**row, "confidence": max((s.score for s in top), default=0.0), "rank": rank,
                     "top_paths": [s.path for s in ranked[:3]]})
     return out

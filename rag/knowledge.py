@@ -4,6 +4,7 @@ called: a threshold that can be bypassed is no threshold."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -35,13 +36,17 @@ class KnowledgeBase:
         self._store = None
         self._embedder = None
         self._retriever = None
+        self._lock = threading.RLock()  # the server retrieves from several threads; build the parts once
 
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, cfg: AssistantConfig, paths: AssistantPaths) -> "KnowledgeBase":
         if cfg.knowledge is None:
             raise ProtegeError(f"{cfg.name}: the config has no knowledge section")
-        return cls(cfg.knowledge, cfg.collection_name(), paths.knowledge, cfg.persona.system_prompt or None)
+        collection = cfg.collection_name()
+        if len(collection) < 3:  # assistant names may be 2 characters, Chroma collection names may not
+            collection = f"{collection}-kb"
+        return cls(cfg.knowledge, collection, paths.knowledge, cfg.persona.system_prompt or None)
 
     @classmethod
     def from_folder(cls, folder: Path, collection: str, persist_dir: Path, **knowledge_overrides) -> "KnowledgeBase":
@@ -51,29 +56,33 @@ class KnowledgeBase:
 
     @property
     def embedder(self):
-        if self._embedder is None:
-            from rag.embed import default_embedder
+        with self._lock:
+            if self._embedder is None:
+                from rag.embed import default_embedder
 
-            self._embedder = default_embedder()
-        return self._embedder
+                self._embedder = default_embedder()
+            return self._embedder
 
     @property
     def store(self):
-        if self._store is None:
-            from rag.store import Store, make_client
+        with self._lock:
+            if self._store is None:
+                from rag.store import Store, make_client
 
-            ch = self.cfg.chroma
-            client = make_client(self.persist_dir, ch.host, ch.port)
-            self._store = Store(client, self.collection, self.embedder.name, self.embedder.dim)
-        return self._store
+                ch = self.cfg.chroma
+                client = make_client(self.persist_dir, ch.host, ch.port)
+                self._store = Store(client, self.collection, self.embedder.name, self.embedder.dim)
+            return self._store
 
     @property
     def retriever(self):
-        if self._retriever is None:
-            from rag.retrieve import Retriever
+        with self._lock:
+            if self._retriever is None:
+                from rag.retrieve import Retriever
 
-            self._retriever = Retriever(self.store, self.embedder, self.cfg.top_k, self.cfg.hybrid, self.cfg.rerank)
-        return self._retriever
+                self._retriever = Retriever(self.store, self.embedder, self.cfg.top_k, self.cfg.hybrid,
+                                            self.cfg.rerank)
+            return self._retriever
 
     # --- operations ---------------------------------------------------------------------------------------------
     def index(self, progress: bool = False) -> dict:

@@ -105,6 +105,9 @@ def _html_to_markdown(html: str) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
+    title = " ".join(soup.title.get_text(" ").split()) if soup.title else ""
+    if title and soup.body is not None and not soup.find(["h1", "h2", "h3", "h4", "h5", "h6"]):
+        soup.body.insert(0, f"\n\n# {title}\n\n")  # a page without headings still gets a section name
     for tag in soup(["script", "style", "noscript", "template", "nav", "footer", "head"]):
         tag.decompose()
     for level in range(1, 7):

@@ -105,11 +105,11 @@ class Store:
         self.writes += len(ids)
 
     def query(self, embedding: list[float], k: int) -> list[Hit]:
-        n = self.count()
-        if n == 0:
-            return []
-        res = self.col.query(query_embeddings=[embedding], n_results=min(k, n),
+        # no count() round trip first: Chroma returns fewer results (or none) when the collection is smaller than k
+        res = self.col.query(query_embeddings=[embedding], n_results=k,
                              include=["documents", "metadatas", "distances"])
+        if not res["ids"] or not res["ids"][0]:
+            return []
         out = []
         for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]):
             out.append(Hit(i, d or "", dict(m or {}), min(1.0, max(0.0, 1.0 - float(dist)))))

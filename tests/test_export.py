@@ -366,3 +366,105 @@ def test_modelfile_without_template_keeps_a_note():
     system = re.search(r'^SYSTEM """(.*)"""$', text, re.M).group(1)
     assert '"""' not in system and system.replace("\u200b", "") == 'say """hi"""'
     assert 'PARAMETER stop "</s>"' in text
+
+
+def test_bundle_is_a_servable_home(exported, tmp_path, monkeypatch):
+    import tarfile
+
+    import yaml
+
+    from export.bundle import build_bundle
+
+    cfg, paths, _ = exported
+    info = build_bundle(cfg, paths)
+    assert info["quant"] == "q8_0" and info["knowledge"] is False
+    bundle = Path(info["dir"])
+    home = bundle / "home" / "assistants" / NAME
+    assert (home / "gguf" / f"{NAME}-q8_0.gguf").stat().st_size == paths.gguf_file("q8_0").stat().st_size
+    assert yaml.safe_load((home / "config.yaml").read_text())["serve"]["quant"] == "q8_0"
+    assert os.access(bundle / "launch.sh", os.X_OK) and os.access(bundle / "launch.py", os.X_OK)
+    assert f"FROM ./home/assistants/{NAME}/gguf/{NAME}-q8_0.gguf" in (bundle / "Modelfile").read_text()
+    with tarfile.open(info["tarball"]) as tar:
+        names = tar.getnames()
+    assert f"{NAME}-bundle/launch.sh" in names and f"{NAME}-bundle/home/assistants/{NAME}/config.yaml" in names
+    # the server's own registry, pointed at the bundle, exposes the bundled GGUF as the default model
+    serve_registry = pytest.importorskip("serve.registry")
+    monkeypatch.setenv("PROTEGE_HOME", str(bundle / "home"))
+    registry = serve_registry.Registry()
+    spec = registry.get(NAME)
+    assert spec is not None and spec.quant == "q8_0" and spec.gguf == home / "gguf" / f"{NAME}-q8_0.gguf"
+
+
+@pytest.mark.slow
+def test_lora_gguf_applied_by_llama_cpp_matches_the_adapter(exported, tiny_model_dir, tmp_path):
+    """The LoRA-only GGUF on the base GGUF (applied at load) computes what base + adapter compute in peft."""
+    import llama_cpp
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from export.convert import convert_hf_to_gguf
+    from export.lora_gguf import convert_lora
+    from export.verify import gguf_logits, hf_logits, open_gguf
+
+    _, paths, _ = exported
+    base_gguf = convert_hf_to_gguf(tiny_model_dir, tmp_path / "base-f16.gguf", "f16")
+    lora = convert_lora(paths.adapter, tiny_model_dir, tmp_path / "lora-f16.gguf", "f16")
+    ids = list(range(100, 164))
+    ref = hf_logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                              str(paths.adapter)).eval(), ids)
+    with_lora = llama_cpp.Llama(str(base_gguf), lora_path=str(lora), n_ctx=128, logits_all=True, verbose=False)
+    plain = open_gguf(base_gguf, n_ctx=128, logits_all=True)
+    try:
+        a, c = gguf_logits(with_lora, ids), gguf_logits(plain, ids)
+    finally:
+        with_lora.close()
+        plain.close()
+    assert np.abs(c - ref).max() > 1e-2, "the adapter must change the logits"
+    assert np.abs(a - ref).max() < 0.1 * np.abs(c - ref).max()
+
+
+@pytest.mark.slow
+def test_bundle_launcher_serves_offline_from_another_folder(exported, tmp_path):
+    """Unpack the tarball elsewhere, run launch.sh, and chat through the OpenAI API with the bundled GGUF."""
+    import socket
+    import tarfile
+    import urllib.request
+
+    from export.bundle import build_bundle
+
+    cfg, paths, _ = exported
+    info = build_bundle(cfg, paths)
+    with tarfile.open(info["tarball"]) as tar:
+        tar.extractall(tmp_path / "edge", filter="data")
+    launch = tmp_path / "edge" / f"{NAME}-bundle" / "launch.sh"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHON=sys.executable, PROTEGE_HOME=str(tmp_path / "ignored"))
+    proc = subprocess.Popen([str(launch), "--port", str(port), "--threads", "1"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "server did not come up"
+                time.sleep(0.5)
+        models = json.loads(urllib.request.urlopen(base + "/v1/models", timeout=10).read())
+        assert NAME in {m["id"] for m in models["data"]}
+        body = json.dumps({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                           "rag": False}).encode()
+        req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert reply["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -84,7 +84,8 @@ def test_openai_sync_and_errors(server):
         client.chat.completions.create(model=MODEL, n=2, messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["code"] == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, max_tokens=1000, messages=[{"role": "user", "content": "hi " * 300}])
+        client.chat.completions.create(model=MODEL, max_tokens=1000,
+                                       messages=[{"role": "user", "content": "hi " * 300}])
     assert e.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
@@ -177,7 +178,21 @@ def test_eight_concurrent_streams_each_get_their_own_answer(server):
     alone, together = asyncio.run(main())
     for q, (a, fa), (t, ft) in zip(QUESTIONS, alone, together):
         assert ft in ("stop", "length") and t.strip(), q
-        # Batched float math may flip a near-tie late in a greedy answer; the start must be the same answer.
-        n = min(len(a), len(t), 40)
-        assert a[:n] == t[:n], (q, a, t)
+        # per-sequence KV streams + flash attention make batched decoding bit-identical to decoding alone
+        assert t == a, (q, a, t)
     assert len({t for t, _ in together}) == len(QUESTIONS)  # no two clients got the same (mixed) stream
+
+
+def test_protege_run_in_process_on_cpu(tmp_path):
+    """`protege run CONFIG --local`: the terminal chat without a server, real llama.cpp, streamed to stdout."""
+    env = {**os.environ, "PROTEGE_HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "protege", "run", str(REPO / "configs" / "minimal.yaml"), "--local",
+                        "--prompt", "Say hello.", "--temperature", "0", "--max-tokens", "12"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip()
+    r = subprocess.run([sys.executable, "-m", "protege", "run", str(REPO / "configs" / "minimal.yaml"), "--local",
+                        "--max-tokens", "12"],
+                       input='"""\nSay\nhello.\n"""\n/clear\n/bye\n', cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "Cleared session context" in r.stdout, r.stderr[-2000:]

@@ -250,6 +250,10 @@ def test_ollama_generate(client):
     assert "".join(x["response"] for x in lines) == "Echo: a b" and lines[-1]["eval_count"] == 3
     load = client.post("/api/generate", json={"model": "minimal", "prompt": ""}).json()
     assert load["done"] is True and load["done_reason"] == "load"
+    assert_error(client.post("/api/generate", json={"model": "minimal", "prompt": "x", "context": [1, 2]}), 400,
+                 "unsupported_parameter")
+    assert_error(client.post("/api/chat", json={"model": "minimal", "messages": USER, "think": True}), 400,
+                 "unsupported_parameter")
     fmt = client.post("/api/generate", json={"model": "minimal", "prompt": "x", "format": "json", "stream": False})
     assert json.loads(fmt.json()["response"]) == {"echo": "x"}
 
@@ -284,7 +288,8 @@ def test_rag_answer_carries_sources_and_can_be_turned_off(client, env):
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert last["choices"] == [] and last["sources"][0]["chunk_id"] == "faq-1" and last["confidence"] == 0.9
-    lines = [json.loads(x) for x in client.post("/api/chat", json={"model": "kbot", "messages": USER}).text.splitlines()]
+    text = client.post("/api/chat", json={"model": "kbot", "messages": USER}).text
+    lines = [json.loads(x) for x in text.splitlines()]
     assert lines[-1]["done"] and lines[-1]["sources"][0]["path"] == "faq.md"
     kb_calls = env.kb.calls
     off = client.post("/v1/chat/completions", json={"model": "kbot", "messages": USER, "rag": False}).json()

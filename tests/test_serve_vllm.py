@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -127,6 +128,10 @@ def test_sampling_params_translation(stub_vllm):
     sp = sampling_params(stub_vllm, _params(json_object=True), room=50)
     assert sp.kw["structured_outputs"].kw == {"json_object": True} and sp.kw["max_tokens"] == 50
     assert "top_k" not in sampling_params(stub_vllm, _params(), room=5).kw
+    from serve.engines.base import EngineError
+
+    with pytest.raises(EngineError, match="n > 1 needs temperature"):
+        sampling_params(stub_vllm, _params(n=2, temperature=0), room=5)
 
 
 def test_merged_model_is_served_without_lora(stub_vllm, tmp_path, tokenizer_dir):
@@ -221,6 +226,8 @@ def test_real_vllm_on_gpu(tmp_path):
     """Real vLLM on CUDA: a SmolLM2-shaped tiny random Llama (head_dim 64) plus a random LoRA adapter picked by
     model name; greedy JSON vs streaming agree, n=2, json_object constrained output parses, abort on close."""
     pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # the test process may have touched CUDA
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -247,7 +254,8 @@ def test_real_vllm_on_gpu(tmp_path):
         usage = Usage()
         streamed = "".join([d.text async for d in eng.stream_chat(p("tiny"), usage)])
         lora = await eng.chat(p("tiny-lora"))
-        many = await eng.chat(p("tiny", n=2, seed=3))
+        many = await eng.chat(GenParams(model="tiny", messages=[{"role": "user", "content": "Hi"}], temperature=0.8,
+                                        max_tokens=8, n=2, seed=3))
         js = await eng.chat(GenParams(model="tiny", messages=[{"role": "user", "content": "json"}], temperature=0,
                                       max_tokens=40, json_object=True))
         agen = eng.stream_chat(p("tiny"))

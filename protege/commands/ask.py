@@ -46,7 +46,8 @@ def make_generate(cfg, max_tokens: int):
             llama_cpp = require("llama_cpp", "llamacpp")
             n_ctx = cfg.serve.n_ctx if cfg is not None else 2048
             state["llm"] = llama_cpp.Llama(model_path=str(pick_gguf(cfg)), n_ctx=n_ctx, n_threads=2, verbose=False)
-        out = state["llm"].create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.2)
+        out = state["llm"].create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.2,
+                                                   repeat_penalty=1.15)
         return out["choices"][0]["message"]["content"] or ""
 
     return generate

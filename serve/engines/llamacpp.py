@@ -1,7 +1,9 @@
 """The CPU default: llama-cpp-python with continuous batching over llama.cpp's multi-sequence batch API.
 
 llama-cpp-python's own server decodes one request at a time. Here one scheduler thread owns a llama_context with
-`n_seq_max = parallel` sequences in a unified KV cache; each step puts the next token of every decoding sequence plus
+`n_seq_max = parallel` sequences, each in its own KV stream (`kv_unified=False`) with flash attention: measured here,
+that makes a sequence's greedy output bit-identical whether it is decoded alone or batched with 7 others (a unified
+cache changed 5 of 8 answers). Each step puts the next token of every decoding sequence plus
 prompt chunks of newly admitted ones into ONE `llama_decode` call, then samples each sequence with its own llama.cpp
 sampler chain (temperature/top-p/top-k/seed/penalties/grammar). New requests join at the next step (continuous
 batching) and a finished or cancelled one frees its slot at once. The chat template is the GGUF's own

@@ -30,6 +30,8 @@ _lora_ids = itertools.count(1)
 
 def sampling_params(vllm: Any, p: GenParams, room: int) -> Any:
     """GenParams -> vllm.SamplingParams; every parameter we accept maps to a real vLLM knob (none dropped)."""
+    if p.n > 1 and p.temperature <= 0:
+        raise EngineError("n > 1 needs temperature > 0 (greedy decoding would return n identical choices)", "n")
     kw: dict[str, Any] = dict(n=p.n, temperature=p.temperature, top_p=p.top_p, max_tokens=min(p.max_tokens or room,
                                                                                                 room),
                               stop=list(p.stop) or None, seed=p.seed, presence_penalty=p.presence_penalty,
@@ -40,7 +42,10 @@ def sampling_params(vllm: Any, p: GenParams, room: int) -> Any:
         kw["logprobs"] = max(p.top_logprobs, 0)
     if p.json_schema is not None or p.json_object:
         kw.update(_structured(vllm, p))
-    return vllm.SamplingParams(**kw)
+    try:
+        return vllm.SamplingParams(**kw)
+    except ValueError as e:  # vLLM validates ranges itself: report it as a 400, not a 500
+        raise EngineError(f"invalid sampling parameters: {e}") from None
 
 
 def _structured(vllm: Any, p: GenParams) -> dict[str, Any]:

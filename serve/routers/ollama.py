@@ -131,6 +131,8 @@ async def chat(req: P.OllamaChatRequest, request: Request) -> Any:
     params, used, rag = _params(req.model, req.options, req.format)
     if any(m.images for m in req.messages):
         used.append("images")
+    if req.think:
+        used.append("think")
     params.messages = [{"role": m.role, "content": m.content} for m in req.messages]
     if not params.messages:  # Ollama: an empty chat loads the model
         await svc.manager.get(req.model)
@@ -153,6 +155,8 @@ async def generate(req: P.OllamaGenerateRequest, request: Request) -> Any:
         used.append("images")
     if req.suffix:
         used.append("suffix")
+    if getattr(req, "context", None):  # old-style token context: not kept server-side, say so instead of ignoring
+        used.append("context")
     if not req.prompt:  # Ollama: an empty prompt loads the model
         await svc.manager.get(req.model)
         return {"model": req.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}

@@ -1,0 +1,84 @@
+"""`protege run`: the REPL's commands and multi-line input, in-process (fake engine) and against a live server."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+from rich.console import Console
+
+from protege.cli import main
+from protege.commands.run import chat_loop, read_message
+
+
+def _reader(lines):
+    it = iter(lines)
+
+    def read(prompt: str) -> str:
+        try:
+            return next(it)
+        except StopIteration:
+            raise EOFError from None
+    return read
+
+
+def test_read_message_multiline():
+    assert read_message(_reader(['"""first', "second", 'third"""'])) == "first\nsecond\nthird"
+    assert read_message(_reader(["plain"])) == "plain"
+    assert read_message(_reader([])) is None
+
+
+def test_chat_loop_clear_and_bye():
+    seen: list[list[dict]] = []
+
+    async def stream(messages):
+        seen.append([dict(m) for m in messages])
+        yield f"answer{len(messages)}"
+
+    out = io.StringIO()
+    chat_loop(stream, Console(file=out, width=200), "test", _reader(["hi", "again", "/clear", "fresh", "/bye", "x"]))
+    assert [len(m) for m in seen] == [1, 3, 1]  # history grows, /clear resets it, /bye stops before "x"
+    assert seen[1][1] == {"role": "assistant", "content": "answer1"}
+    assert "answer1" in out.getvalue() and "Cleared" in out.getvalue()
+
+
+def test_run_one_shot_in_process(capsys):
+    assert main(["run", "configs/minimal.yaml", "--local", "--engine", "fake", "--prompt", "hi there"]) == 0
+    assert "Echo: hi there" in capsys.readouterr().out
+
+
+def test_run_against_a_running_server(tmp_path, capsys):
+    import uvicorn
+
+    from protege.config import ServeConfig
+    from protege.config_file import config_from_dict
+    from serve.app import create_app
+    from serve.engines.fake import FakeEngine
+    from serve.registry import Registry
+
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    app = create_app(Registry([config_from_dict({"name": "minimal"})], embedded_gguf=gguf),
+                     lambda spec: FakeEngine(), ServeConfig(api_keys=["k"]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        rc = main(["run", "minimal", "--host", f"http://127.0.0.1:{port}", "--api-key", "k", "--prompt", "via http"])
+        assert rc == 0 and "Echo: via http" in capsys.readouterr().out
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+def test_run_unknown_model_fails_with_one_line(capsys):
+    assert main(["run", "no-such-assistant", "--local", "--engine", "fake", "--prompt", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-assistant" in err and "does not exist" in err and "Traceback" not in err
