@@ -1,6 +1,6 @@
-"""Training throughput: `protege train`'s path (trl SFTTrainer, padding-free packed rows of max_seq_len, masked
-labels) vs the plain recipe from the seeds (HF Trainer + peft + bitsandbytes, every sample padded to 384, batch 4),
-both QLoRA nf4 on the same base and the same synthetic persona data, measured in the same run. Each side runs in its
+"""Training throughput: `protege train`'s path (trl SFTTrainer, masked labels, padding-free packed rows of
+max_seq_len on CUDA, length-grouped batches on CPU) vs the plain recipe from the seeds (HF Trainer + peft +
+bitsandbytes, every sample padded to 384, batch 4), both QLoRA nf4 on the same base and the same synthetic persona data, measured in the same run. Each side runs in its
 own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
 steps (the first step, with its warm-up, is excluded). Prints both and the ratio; appends a JSON line to
 bench/results/train_throughput.jsonl. No absolute time is asserted.
@@ -74,7 +74,9 @@ def run_ours(cfg, paths) -> dict:
     timer = step_timer()
     trainer.add_callback(timer)
     trainer.train()
-    return {**timer.result(), "batch": f"{cfg.train.batch_size} packed rows x {PLAIN_LEN}",
+    batch = (f"{cfg.train.batch_size} packed rows x {PLAIN_LEN}" if info["packing"]
+             else f"{cfg.train.batch_size} length-grouped samples")
+    return {**timer.result(), "batch": batch,
             "device": info["device"], "precision": info["precision"]}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -24,7 +25,14 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Pa
     params.ftype = ftype_of(quant)
     params.nthread = threads or os.cpu_count() or 1
     dst.parent.mkdir(parents=True, exist_ok=True)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    from llama_cpp._logger import logger  # the per-tensor log is noise on the console; errors still show
+
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    finally:
+        logger.setLevel(level)
     if rc != 0 or not dst.is_file():
         raise ProtegeError(f"llama.cpp could not quantize {src.name} to {quant} (return code {rc})")
     return dst

@@ -143,6 +143,11 @@ class KnowledgeConfig(Section):
     min_score: float = Field(0.35, ge=0, le=1, description="refuse when the best final score is below")
     hybrid: bool = Field(True, description="fuse BM25 with the dense ranking by reciprocal rank (helps codes, names)")
     rerank: str | None = Field(None, description="local cross-encoder path; null: no rerank")
+    unknown_name_factor: float = Field(
+        0.5, ge=0, le=1,
+        description="final scores are multiplied by this when the question names something (a capitalised word, "
+                    "acronym or code) that appears nowhere in the documents; 1 disables",
+    )
     refusal: str = "I don't know: my documents don't cover that."
     chroma: ChromaServer = Field(default_factory=ChromaServer)
     embed_batch_size: int = Field(64, gt=0)

@@ -81,7 +81,7 @@ class KnowledgeBase:
                 from rag.retrieve import Retriever
 
                 self._retriever = Retriever(self.store, self.embedder, self.cfg.top_k, self.cfg.hybrid,
-                                            self.cfg.rerank)
+                                            self.cfg.rerank, unknown_name_factor=self.cfg.unknown_name_factor)
             return self._retriever
 
     # --- operations ---------------------------------------------------------------------------------------------

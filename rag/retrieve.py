@@ -8,10 +8,14 @@ in [0, 1] and mean the same thing whatever ranks them:
   vectors). RRF values themselves say nothing absolute (rank 1 always scores the same, relevant or not), so gating on
   them would let every out-of-domain question through; the cosine keeps the threshold's meaning;
 - rerank: the cross-encoder's relevance probability (sigmoid of its logit), which is already in [0, 1]; the order and
-  the score both come from it, so `protege rag calibrate` must be re-run after turning rerank on or off."""
+  the score both come from it, so `protege rag calibrate` must be re-run after turning rerank on or off.
+Then, when the question names something (a capitalised word, an acronym, a code) that occurs nowhere in the documents,
+every final score is multiplied by `knowledge.unknown_name_factor` (0.5 by default): embeddings rate "What is Google
+Cloud's SLA?" close to a document about our SLA, the missing name is what says the documents cannot answer it."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from pathlib import Path
@@ -40,8 +44,9 @@ def bm25_tokens(text: str) -> list[str]:
 
 class Retriever:
     def __init__(self, store: Store, embedder, top_k: int = 4, hybrid: bool = False, rerank: str | None = None,
-                 candidates: int | None = None):
+                 candidates: int | None = None, unknown_name_factor: float = 1.0):
         self.store, self.embedder, self.top_k = store, embedder, top_k
+        self.unknown_name_factor = unknown_name_factor
         self.hybrid, self.rerank_path = hybrid, rerank
         self.candidates = candidates or max(4 * top_k, 20)
         self._bm25 = None
@@ -63,7 +68,11 @@ class Retriever:
             hits = self._fuse(question, qvec, hits, n)
         if self.rerank_path:
             hits = self._rerank(question, hits)
-        return [_source(h) for h in hits[:k]]
+        hits = hits[:k]
+        if self.unknown_name_factor < 1.0 and hits and self.unknown_names(question):
+            for h in hits:
+                h.score *= self.unknown_name_factor
+        return [_source(h) for h in hits]
 
     def search_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
         """Like search() for many questions, embedding them in one batch (eval and calibration)."""
@@ -71,25 +80,39 @@ class Retriever:
         return [self.search(q, k, v) for q, v in zip(questions, vectors)]
 
     # --- hybrid -------------------------------------------------------------------------------------------------
-    def _bm25_index(self):
+    def _corpus(self):
+        """(BM25 index or None, ids, sorted vocabulary) of the collection, rebuilt when its size changes."""
         key = self.store.count()
         if self._bm25 is None or self._bm25_key != key:
             from rank_bm25 import BM25Okapi
 
-            ids, docs = [], []
+            ids, docs, vocab = [], [], set()
             for cid, _, doc in self.store.iter_all(include=("documents",)):
+                tokens = bm25_tokens(doc)
                 ids.append(cid)
-                docs.append(bm25_tokens(doc) or ["_"])
-            self._bm25 = (BM25Okapi(docs), ids) if ids else None
+                docs.append(tokens or ["_"])
+                vocab.update(tokens)
+            self._bm25 = (BM25Okapi(docs) if ids else None, ids, sorted(vocab))
             self._bm25_key = key
         return self._bm25
 
+    def unknown_names(self, question: str) -> list[str]:
+        """Names in the question (capitalised words past the first, acronyms, codes like t3.micro) of which no
+        token occurs in the documents, even as a prefix ("IP" matches "ip55"); pure numbers are not names."""
+        vocab = self._corpus()[2]
+        missing = []
+        for w in salient_words(question):
+            for t in bm25_tokens(w):
+                if t.isdigit() or _has_prefix(vocab, t):
+                    continue
+                missing.append(t)
+        return missing
+
     def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int) -> list[Hit]:
-        index = self._bm25_index()
+        bm25, ids, _ = self._corpus()
         tokens = bm25_tokens(question)
-        if index is None or not tokens:
+        if bm25 is None or not tokens:
             return dense
-        bm25, ids = index
         scores = bm25.get_scores(tokens)
         order = sorted(range(len(ids)), key=lambda i: -scores[i])[:n]
         lexical = [ids[i] for i in order if scores[i] > 0]
@@ -133,6 +156,24 @@ class Retriever:
         for h, s in zip(hits, raw):
             h.score = s
         return sorted(hits, key=lambda h: -h.score)
+
+
+def salient_words(question: str) -> list[str]:
+    """Words that name something: capitalised past the first word, all-caps acronyms, letter+digit codes."""
+    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]|[A-Za-z0-9]", re.sub(r"['’]s\b", "", question))
+    out = []
+    for i, w in enumerate(words):
+        has_digit = any(c.isdigit() for c in w)
+        if w == "I" or (has_digit and not any(c.isalpha() for c in w)):
+            continue
+        if has_digit or (w.isupper() and len(w) > 1) or (i > 0 and w[0].isupper()):
+            out.append(w)
+    return out
+
+
+def _has_prefix(vocab: list[str], token: str) -> bool:
+    i = bisect.bisect_left(vocab, token)
+    return i < len(vocab) and vocab[i].startswith(token)
 
 
 def _source(h: Hit) -> Source:

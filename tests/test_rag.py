@@ -363,3 +363,18 @@ def test_rerank_with_a_local_cross_encoder_gives_sorted_probabilities(indexed_kb
     got = r.search("How long is the warranty?")
     assert len(got) == 4 and all(0.0 <= s.score <= 1.0 for s in got)
     assert [s.score for s in got] == sorted((s.score for s in got), reverse=True)
+
+
+def test_a_name_the_documents_never_mention_lowers_the_scores(indexed_kb):
+    from rag.retrieve import Retriever, salient_words
+
+    assert salient_words("How much does an AWS EC2 t3.micro cost in 2024, and what's Google's SLA?") == [
+        "AWS", "EC2", "t3.micro", "Google", "SLA"]
+    plain = Retriever(indexed_kb.store, indexed_kb.embedder, top_k=4, hybrid=False)
+    strict = Retriever(indexed_kb.store, indexed_kb.embedder, top_k=4, hybrid=False, unknown_name_factor=0.5)
+    q = "How long is the warranty on a Tesla Powerwall?"
+    assert strict.unknown_names(q) == ["tesla", "powerwall"]
+    assert [round(s.score / 2, 3) for s in plain.search(q)] == [round(s.score, 3) for s in strict.search(q)]
+    known = "What is the IP rating of the HB-10 enclosure?"  # "IP" is a prefix of "ip55", numbers are not names
+    assert strict.unknown_names(known) == []
+    assert [s.score for s in plain.search(known)] == [s.score for s in strict.search(known)]

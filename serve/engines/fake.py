@@ -22,7 +22,8 @@ class FakeEngine:
                  unsupported: set[str] | None = None, delay: float = 0.0, load_delay: float = 0.0):
         self.model_ids = list(model_ids or [])
         self.context_length = context_length
-        self.unsupported = {"images", "tools"} | set(unsupported or ())  # text-only, like our real engines
+        # text-only and stateless, like our real engines
+        self.unsupported = {"images", "tools", "think", "context", "suffix", "echo"} | set(unsupported or ())
         self.delay = delay
         self.load_delay = load_delay
         self.loaded = False
