@@ -107,7 +107,7 @@ def val_loss(model, tokenizer, conversations: list[list[dict[str, str]]], max_se
 
 
 def merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, mode: str = "auto",
-          val_file: Path | None = None, max_seq_len: int = 512) -> dict:
+          val_file: Path | None = None, max_seq_len: int = 512, trained_on_nf4: bool = True) -> dict:
     """Write the merged model to `out_dir`; return what was done (choice, losses) for the export report."""
     tokenizer = load_tokenizer(base_dir, adapter_dir)
     info: dict[str, Any] = {"base": str(base_dir), "adapter": str(adapter_dir) if adapter_dir else None,
@@ -118,7 +118,10 @@ def merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, mode: str = "
     else:
         val = read_val(val_file) if val_file else []
         candidates = ["original", "nf4_roundtrip"] if mode == "auto" else [mode]
-        if mode == "auto" and not val:
+        if mode == "auto" and not trained_on_nf4:
+            candidates = ["original"]
+            info["note"] = "adapter trained on the unquantized base (lora/dora): merged onto the original weights"
+        elif mode == "auto" and not val:
             candidates = ["original"]
             info["note"] = "no val data: kept the original base (nothing to score the nf4 round trip with)"
         best = None

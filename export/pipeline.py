@@ -125,7 +125,7 @@ def run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool = False) -> di
     try:
         val_file = paths.data / "val.jsonl"
         report["merge"] = merge.merge(base_dir, adapter, stage / "merged", cfg.export.merge.base, val_file,
-                                      cfg.data.max_seq_len)
+                                      cfg.data.max_seq_len, trained_on_nf4=cfg.train.method == "qlora")
         lap("merge")
         out = cfg.export.outtype
         gguf_dir = stage / "gguf"
