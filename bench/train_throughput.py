@@ -1,7 +1,7 @@
 """Training throughput: `protege train`'s path (trl SFTTrainer, masked labels, padding-free packed rows of
 max_seq_len on CUDA, length-grouped batches on CPU) vs the plain recipe from the seeds (HF Trainer + peft +
-bitsandbytes, every sample padded to 384, batch 4), both QLoRA nf4 on the same base and the same synthetic persona data, measured in the same run. Each side runs in its
-own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
+bitsandbytes, every sample padded to 384, batch 4), both QLoRA nf4 on the same base and the same synthetic persona
+data, measured in the same run. Each side runs in its own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
 steps (the first step, with its warm-up, is excluded). Prints both and the ratio; appends a JSON line to
 bench/results/train_throughput.jsonl. No absolute time is asserted.
 
@@ -133,7 +133,8 @@ def child(side: str, base: str, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="base id or dir; 'tiny' / 'smollm2-shaped' build a random Llama")
+    ap.add_argument("--model", default="smollm2-135m-instruct",
+                    help="base id or dir; 'tiny' / 'smollm2-shaped' build a random Llama")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
     ap.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
     args = ap.parse_args()

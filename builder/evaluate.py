@@ -32,7 +32,8 @@ def read_prompts(path: Path, system: str | None) -> list[dict]:
         ref = rec.get("reference")
         if ref is not None and not isinstance(ref, str):
             raise DataError(f"{path}:{n}: 'reference' must be a string")
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": rec["prompt"]}]
+        msgs = [{"role": "system", "content": system}] if system else []
+        msgs.append({"role": "user", "content": rec["prompt"]})
         out.append({"messages": msgs, "reference": ref, "source": f"{path.name}:{n}"})
     return out
 

@@ -5,7 +5,8 @@
 - template parity: llama-cpp-python's own chat formatter (the one `Llama.create_chat_completion` uses) on the GGUF's
   template yields exactly the token ids transformers' `apply_chat_template` yields;
 - logit parity: top-1 next-token agreement of the merged HF model and the f16 GGUF over N positions of text;
-- perplexity of every quant on the same text, relative to f16 (reported, not gated).
+- perplexity of every quant on the same text, relative to f16 (reported, not gated), with the tensor types each
+  quant really holds and why (export.quantize.describe).
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ def verify_export(merged_dir: Path, ggufs: dict[str, Path], parity_cfg, text: st
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from export.quantize import describe
+
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     ref_path = ggufs[f16_key]
     llm = open_gguf(ref_path, n_ctx=max(parity_cfg.positions + 8, 512), logits_all=True)
@@ -206,7 +209,8 @@ def verify_export(merged_dir: Path, ggufs: dict[str, Path], parity_cfg, text: st
         rel = ppl[quant] / ppl[f16_key] - 1
         quants[quant] = {"perplexity": ppl[quant], "ppl_increase_vs_f16": rel,
                          "within_max_ppl_increase": rel <= parity_cfg.max_ppl_increase,
-                         "top1_agreement_vs_f16": compare(ref, logits)["top1_agreement"]}
+                         "top1_agreement_vs_f16": compare(ref, logits)["top1_agreement"],
+                         "recipe": describe(ref_path, path, quant)}
     report["perplexity"] = ppl
     report["quants"] = quants
     report["text_positions"] = len(ids)

@@ -468,3 +468,22 @@ def test_bundle_launcher_serves_offline_from_another_folder(exported, tmp_path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_k_quant_on_rows_not_multiple_of_256_uses_the_q6_k_recipe(exported, tmp_path):
+    """hidden 64 (like SmolLM2's 576) has no K-quant layout: llama.cpp's q4_k_m would fall back to q5_0 there (+24..35%
+    perplexity on SmolLM2), so q4_k_m is served by the q6_k mix (q8_0 on those rows) and the report records the
+    tensor types really written and why."""
+    from export.quantize import describe, plan, quantize
+
+    _, paths, report = exported
+    f16 = paths.gguf_file("f16")
+    recipe = plan(f16, "q4_k_m")
+    assert recipe["requested"] == "q4_k_m" and recipe["base_type"] == "q6_k"
+    assert recipe["k_incompatible_tensors"] > 0 and "multiple of 256" in recipe["why"]
+    out = quantize(f16, tmp_path / "x-q4_k_m.gguf", "q4_k_m", threads=2)
+    types = describe(f16, out, "q4_k_m")["tensor_types"]
+    assert "q8_0" in types and not {"q5_0", "q5_1", "q4_1"} & set(types), types
+    assert plan(f16, "q8_0")["base_type"] == "q8_0" and plan(f16, "q8_0")["why"] == "llama.cpp's own mix for this type"
+    q8 = report["verification"]["quants"]["q8_0"]["recipe"]
+    assert q8["requested"] == "q8_0" and set(q8["tensor_types"]) == {"q8_0", "f32"}

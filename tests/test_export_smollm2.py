@@ -94,6 +94,14 @@ def test_three_ggufs_and_the_gate_passed(exported):
     assert paths.quants() == ["f16", "q4_k_m", "q8_0"]
     v = report["verification"]
     assert v["ok"] and v["parity_hf_vs_f16"]["top1_agreement"] >= 0.98
+    # acceptance: q4_k_m perplexity within 10% of f16 on the built-in check text, both ways (llama.cpp's own q4_k_m mix
+    # falls back to q5_0 on SmolLM2's 576-wide rows: +24..35%; q4_1 snaps back to the base: -41%, adapter lost);
+    # the recipe actually used is in the report
+    q4 = v["quants"]["q4_k_m"]
+    assert 0.90 <= q4["perplexity"] / v["perplexity"]["f16"] <= 1.10, q4
+    assert q4["top1_agreement_vs_f16"] >= 0.85, q4  # q8_0 grade: next-token choice of f16 kept
+    assert q4["recipe"]["base_type"] == "q6_k" and not {"q5_0", "q5_1"} & set(q4["recipe"]["tensor_types"])
+    assert v["quants"]["q8_0"]["perplexity"] <= 1.02 * v["perplexity"]["f16"]
     print("\nexport report:", json.dumps({k: report[k] for k in ("merge", "timings")}, default=str))
     print("verification:", json.dumps({k: v[k] for k in ("parity_hf_vs_f16", "perplexity", "quants")}))
 
@@ -144,7 +152,7 @@ def test_parity_and_perplexity_on_text_we_did_not_write(exported):
           f"q4_k_m vs f16 {ppl['q4_k_m'] / ppl['f16'] - 1:+.2%}, q8_0 vs f16 {ppl['q8_0'] / ppl['f16'] - 1:+.2%}")
     assert len(ids) >= 256
     assert parity["top1_agreement"] >= 0.98
-    assert ppl["q4_k_m"] <= 1.10 * ppl["f16"]
+    assert 0.90 * ppl["f16"] <= ppl["q4_k_m"] <= 1.10 * ppl["f16"]
     assert ppl["q8_0"] <= 1.02 * ppl["f16"]
 
 

@@ -1,0 +1,110 @@
+"""The product's promise end to end: `protege build` on the demo (reduced steps) produces every artifact, a second
+build rebuilds nothing, and the served assistant answers a knowledge question with its source and refuses another."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("llama_cpp")
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "captain-byte.yaml"
+# Reduced so CI stays inside its budget; the full demo is `make demo`.
+QUICK = ["--set", "train.max_steps=4", "--set", "train.eval_steps=2", "--set", "train.save_steps=2",
+         "--set", "train.batch_size=4", "--set", "eval.max_samples=2", "--set", "eval.max_new_tokens=12",
+         "--set", "export.quants=[q4_k_m]"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def protege(*args: str, env: dict, timeout: int = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "protege", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo-home")
+    env = {**os.environ, "PROTEGE_HOME": str(home)}
+    r = protege("build", str(CONFIG), *QUICK, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return home, env
+
+
+def test_build_writes_every_artifact(built):
+    home, _ = built
+    root = home / "assistants" / "captain-byte"
+    manifest = json.loads((root / "build.json").read_text())
+    assert list(manifest["stages"]) == ["data", "train", "eval", "export", "index", "register"]
+    for rel in ("config.yaml", "data/train.jsonl", "data/val.jsonl", "adapter/adapter_config.json",
+                "adapter/adapter_model.safetensors", "eval/report.md", "gguf/captain-byte-q4_k_m.gguf",
+                "gguf/captain-byte-f16.gguf", "Modelfile.q4_k_m", "knowledge/index_report.json"):
+        assert (root / rel).is_file(), rel
+    n_train = sum(1 for _ in (root / "data" / "train.jsonl").open())
+    assert n_train >= 300
+    report = json.loads((root / "gguf" / "export_report.json").read_text())
+    assert json.dumps(report).count("top1") >= 1
+    index_report = json.loads((root / "knowledge" / "index_report.json").read_text())
+    assert index_report["added"] > 0 and not index_report.get("skipped")
+
+
+def test_second_build_rebuilds_nothing_quickly(built):
+    home, env = built
+    before = json.loads((home / "assistants" / "captain-byte" / "build.json").read_text())["stages"]
+    t0 = time.perf_counter()
+    r = protege("build", str(CONFIG), *QUICK, env=env, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = json.loads((home / "assistants" / "captain-byte" / "build.json").read_text())["stages"]
+    assert {k: v["finished_at"] for k, v in after.items()} == {k: v["finished_at"] for k, v in before.items()}
+    assert elapsed < 60, f"a no-op build took {elapsed:.0f}s"
+
+
+def test_served_demo_cites_its_source_and_refuses_off_topic(built):
+    home, env = built
+    port = _free_port()
+    log = (home / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "protege", "serve", str(CONFIG), "--port", str(port)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, (home / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        ids = [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]]
+        assert "captain-byte" in ids and "captain-byte:q4_k_m" in ids
+        ask = {"model": "captain-byte", "max_tokens": 40, "temperature": 0,
+               "messages": [{"role": "user", "content": "How much does the Sloop server cost each month?"}]}
+        body = httpx.post(f"{base}/v1/chat/completions", json=ask, timeout=300).json()
+        assert body["sources"][0]["path"] == "pricing-plans.md", body["sources"]
+        assert body["confidence"] >= 0.3
+        assert body["choices"][0]["message"]["content"].strip()
+        off = {**ask, "messages": [{"role": "user", "content": "Who won the 1998 football world cup?"}]}
+        body = httpx.post(f"{base}/v1/chat/completions", json=off, timeout=300).json()
+        refusal = "I don't know"
+        assert body["choices"][0]["message"]["content"].startswith(refusal)
+        assert not body.get("sources")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
