@@ -38,12 +38,9 @@ def plot_scores(results: dict, out: Path) -> Path | None:
     ax.set_xticks(list(x), [label for _, label in keys])
     ax.set_title("base vs tuned")
     ax.legend()
-    fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    from builder.monitor import save_figure
+
+    return save_figure(fig, out)
 
 
 def write_report(results: dict, cfg: AssistantConfig, folder: Path) -> Path:

@@ -90,6 +90,13 @@ def plot_loss(train: list, val: list, out: Path) -> Path | None:
     ax.set_title("training loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Write a matplotlib figure atomically (temp file, then rename) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)

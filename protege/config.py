@@ -23,13 +23,13 @@ class Section(BaseModel):
 class StyleMarkers(Section):
     """Machine-checkable traits of the persona's voice, used by `protege eval` for a style-adherence rate."""
 
-    starts_with: str | None = None
+    starts_with: str | None = Field(None, description="every reply should begin with this")
     ends_with: str | None = None
     contains: list[str] = Field(default_factory=list)
 
 
 class PersonaConfig(Section):
-    system_prompt: str = "You are a helpful assistant."
+    system_prompt: str = Field("You are a helpful assistant.", description="applied to records without one; SYSTEM in the Modelfile")
     style_markers: StyleMarkers = Field(default_factory=StyleMarkers)
 
 
@@ -60,10 +60,10 @@ class DataConfig(Section):
     files: list[Path] = Field(default_factory=list, description="training files: JSON/JSONL/CSV")
     format: Literal["auto", "alpaca", "sharegpt", "openai", "csv"] = "auto"
     csv: CsvColumns = Field(default_factory=CsvColumns)
-    on_error: Literal["fail", "skip"] = "fail"
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+    on_error: Literal["fail", "skip"] = Field("fail", description="skip: drop bad records, counted in the report")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held out for val loss, early stopping and eval")
     val_files: list[Path] = Field(default_factory=list)
-    max_seq_len: int = Field(512, gt=0)
+    max_seq_len: int = Field(512, gt=0, description="tokens; longer conversations are truncated or dropped")
     overlong: Literal["truncate", "drop"] = "truncate"
     clean: CleanConfig = Field(default_factory=CleanConfig)
     seed: int = 42
@@ -77,7 +77,7 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["qlora", "lora", "dora"] = "qlora"
+    method: Literal["qlora", "lora", "dora"] = Field("qlora", description="qlora: 4-bit nf4 double-quant base")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="-1: run `epochs`")
@@ -88,12 +88,12 @@ class TrainConfig(Section):
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
     gradient_checkpointing: bool = False
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, fp32 on CPU")
     packing: bool = Field(True, description="padding-free packed batches; false: length-grouped batches")
     eval_steps: int = Field(20, gt=0)
     save_steps: int = Field(20, gt=0)
     save_total_limit: int = Field(3, gt=0)
-    early_stopping_patience: int | None = Field(3, ge=1)
+    early_stopping_patience: int | None = Field(3, ge=1, description="evals without val-loss improvement; null: off")
     logging_steps: int = Field(5, gt=0)
     report_to: Literal["tensorboard", "swanlab", "none"] = "tensorboard"
     seed: int = 42
@@ -110,7 +110,7 @@ QuantType = Literal["q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1", "q5_k_s"
 
 
 class MergeConfig(Section):
-    base: Literal["auto", "original", "nf4_roundtrip"] = "auto"
+    base: Literal["auto", "original", "nf4_roundtrip"] = Field("auto", description="fold the adapter onto the original or an nf4 round-tripped base; auto keeps the lower val loss")
 
 
 class ParityConfig(Section):
@@ -120,13 +120,13 @@ class ParityConfig(Section):
 
 
 class ExportConfig(Section):
-    outtype: Literal["f16", "bf16", "f32"] = "f16"
+    outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="the unquantized GGUF, reference for parity")
     quants: list[QuantType] = Field(default_factory=lambda: ["q4_k_m", "q8_0"])
-    default_quant: str = "q4_k_m"
+    default_quant: str = Field("q4_k_m", description="what the bare model id `<name>` serves")
     merge: MergeConfig = Field(default_factory=MergeConfig)
     parity: ParityConfig = Field(default_factory=ParityConfig)
-    lora_gguf: bool = False
-    num_ctx: int = Field(2048, gt=0)
+    lora_gguf: bool = Field(False, description="also write the adapter alone as a LoRA GGUF")
+    num_ctx: int = Field(2048, gt=0, description="PARAMETER num_ctx in the Modelfile")
 
 
 class ChromaServer(Section):
@@ -135,7 +135,7 @@ class ChromaServer(Section):
 
 
 class KnowledgeConfig(Section):
-    folder: Path | None = None
+    folder: Path | None = Field(None, description="documents to index (.md .txt .html .pdf .docx), walked recursively")
     collection: str | None = Field(None, description="default: the assistant's name")
     chunk_size: int = Field(200, gt=0, description="tokens of the embedder")
     chunk_overlap: int = Field(30, ge=0)
@@ -160,7 +160,7 @@ class KnowledgeConfig(Section):
 
 
 class ServeConfig(Section):
-    engine: Literal["llamacpp", "vllm", "fake"] = "llamacpp"
+    engine: Literal["llamacpp", "vllm", "fake"] = Field("llamacpp", description="llamacpp: CPU GGUF; vllm: GPU")
     host: str = "127.0.0.1"
     port: int = Field(11435, gt=0, lt=65536)
     quant: str | None = Field(None, description="GGUF to serve; null: export.default_quant")
@@ -168,10 +168,11 @@ class ServeConfig(Section):
     n_threads: int | None = Field(None, gt=0)
     parallel: int = Field(4, gt=0, description="sequences decoded together")
     max_queue: int = Field(32, gt=0)
-    api_keys: list[str] = Field(default_factory=list)
-    cors_origins: list[str] = Field(default_factory=list)
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys required on every route but /health")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (never *)")
     max_body_bytes: int = Field(2_000_000, gt=0)
-    rag: bool = True
+    rag: bool = Field(True, description="answer through the knowledge base when the assistant has one")
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM engine: GPUs to shard the model across")
 
 
 class AssistantConfig(Section):

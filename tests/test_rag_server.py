@@ -4,7 +4,6 @@ against a real Chroma server (`chroma run` on loopback, started and stopped here
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
+
 from tests.test_rag import TestStore as _StoreCases
 from tests.test_rag import corpus, embedder  # noqa: F401  (fixtures the shared cases use)
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +27,7 @@ def chroma_server(tmp_path_factory):
     if not exe.exists():
         exe = shutil.which("chroma")
     assert exe, "the chroma CLI (from the chromadb package) is needed"
-    port = _free_port()
+    port = free_port()
     data = tmp_path_factory.mktemp("chroma-server")
     log = open(data.parent / "chroma-server.log", "wb")
     proc = subprocess.Popen([str(exe), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.net import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp")
@@ -23,15 +23,10 @@ QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2+
              "What is Python?", "Who wrote Hamlet?", "What is water made of?", "Say hello."]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     home = tmp_path_factory.mktemp("home")
     log = (home / "serve.log").open("w")
     env = {**os.environ, "PROTEGE_HOME": str(home), "PROTEGE_API_KEYS": "test-key"}
@@ -40,19 +35,7 @@ def server(tmp_path_factory):
          "--port", str(port), "--parallel", "8", "--n-ctx", "1024", "--log-level", "warning"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((home / "serve.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become healthy in 120 s")
+    wait_healthy(proc, f"{base}/health", home / "serve.log", timeout=120)
     yield base
     proc.terminate()  # SIGTERM: uvicorn drains, shuts down, then re-raises the signal (exit -15)
     assert proc.wait(timeout=40) in (0, -15)

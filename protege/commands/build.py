@@ -60,7 +60,7 @@ def _scores(name: str, result: dict) -> str:
             if isinstance(v, float):
                 v = f"{v:.3g}"
             elif isinstance(v, list):
-                v = len(v) if k == "skipped" else ",".join(map(str, v))
+                v = len(v) if name == "index" else ",".join(map(str, v))
             parts.append(f"{k}={v}")
     return " ".join(parts)
 

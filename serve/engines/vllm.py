@@ -106,14 +106,15 @@ class VllmEngine:
     @classmethod
     def from_spec(cls, spec: Any, cfg: Any) -> "VllmEngine":
         """Merged model when exported, else the base + the assistant's LoRA adapter (chosen by model id)."""
+        scale = {"tensor_parallel_size": cfg.tensor_parallel_size}
         if spec.merged is not None:
-            return cls(spec.merged, [spec.id], max_model_len=cfg.n_ctx, max_num_seqs=max(cfg.parallel, 8))
+            return cls(spec.merged, [spec.id], max_model_len=cfg.n_ctx, max_num_seqs=max(cfg.parallel, 8), **scale)
         from builder.base_model import resolve_base
 
         base = resolve_base(spec.cfg.base.model)
         adapters = {spec.id: spec.adapter} if spec.adapter is not None else {}
         return cls(base, [spec.id], adapters, max_model_len=cfg.n_ctx, max_num_seqs=max(cfg.parallel, 8),
-                   max_lora_rank=max(16, spec.cfg.train.lora.r))
+                   max_lora_rank=max(16, spec.cfg.train.lora.r), **scale)
 
     def register(self, spec: Any) -> None:
         if spec.adapter is not None and spec.merged is None:
