@@ -89,8 +89,11 @@ def test_served_demo_cites_its_source_and_refuses_off_topic(built):
         assert body["choices"][0]["message"]["content"].strip()
         off = {**ask, "messages": [{"role": "user", "content": "Who won the 1998 football world cup?"}]}
         body = httpx.post(f"{base}/v1/chat/completions", json=off, timeout=300).json()
-        refusal = "I don't know"
-        assert body["choices"][0]["message"]["content"].startswith(refusal)
+        from protege.config_file import load_config
+
+        refusal = load_config(CONFIG).knowledge.refusal
+        assert body["choices"][0]["message"]["content"] == refusal
+        assert refusal.startswith("Ahoy!")  # the persona holds even when refusing
         assert not body.get("sources")
     finally:
         proc.terminate()

@@ -38,30 +38,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dig(d: dict, path: str):
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+# Headline numbers per stage: label -> dotted path into what the stage returned.
+SCORES = {
+    "data": {"train": "train", "val": "val", "kept": "kept"},
+    "train": {"best_val_loss": "best_val_loss", "val_loss_initial": "val_loss_initial", "steps": "global_step",
+              "tok/s": "tokens_per_second"},
+    "eval": {"style base": "base.style_adherence", "style tuned": "tuned.style_adherence",
+             "val_loss base": "base.val_loss", "val_loss tuned": "tuned.val_loss"},
+    "export": {"merge": "merge.choice", "top1 hf~f16": "verification.parity_hf_vs_f16.top1_agreement"},
+    "index": {"added": "added", "updated": "updated", "removed": "removed", "unchanged": "unchanged",
+              "skipped": "skipped"},
+    "register": {"quants": "quants"},
+}
+
+
 def _scores(name: str, result: dict) -> str:
-    """A few headline numbers per stage, from whatever the stage returned."""
-    keys = {
-        "data": ("train", "val", "n_train", "n_val", "kept", "dropped"),
-        "train": ("best_val_loss", "final_val_loss", "tokens_per_s", "steps", "global_step"),
-        "eval": ("style_base", "style_tuned", "val_loss_base", "val_loss_tuned"),
-        "export": ("top1_agreement", "quants", "merge_base"),
-        "index": ("added", "updated", "removed", "unchanged", "skipped"),
-        "register": ("quants",),
-    }.get(name, ())
-    flat = {}
-    for k, v in result.items():
-        if isinstance(v, dict):
-            flat.update({f"{k2}": v2 for k2, v2 in v.items() if not isinstance(v2, (dict, list))})
-        flat.setdefault(k, v)
     parts = []
-    for k in keys:
-        if k in flat:
-            v = flat[k]
-            if isinstance(v, float):
-                v = f"{v:.3g}"
-            elif isinstance(v, list):
-                v = len(v) if name == "index" else ",".join(map(str, v))
-            parts.append(f"{k}={v}")
+    for label, path in SCORES.get(name, {}).items():
+        v = _dig(result, path)
+        if v is None:
+            v = result.get(path.split(".")[-1]) if isinstance(result, dict) else None
+        if v is None:
+            continue
+        if isinstance(v, float):
+            v = f"{v:.3g}"
+        elif isinstance(v, list):
+            v = len(v) if name == "index" else ",".join(map(str, v))
+        parts.append(f"{label}={v}")
     return " ".join(parts)
 
 
