@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -195,9 +195,6 @@ class AssistantConfig(Section):
 
     def collection_name(self) -> str:
         return (self.knowledge and self.knowledge.collection) or self.name
-
-    def section(self, key: str) -> Any:
-        return getattr(self, key)
 
 
 def resolve_paths(cfg: AssistantConfig, root: Path) -> AssistantConfig:
