@@ -318,6 +318,15 @@ def prepare(cfg: AssistantConfig, paths: AssistantPaths, write: bool = True, tok
         train, val = kept, val_loaded.conversations
     else:
         train, val = split(kept, cfg.data.val_fraction, cfg.data.seed)
+    grounded_report = None
+    if cfg.knowledge is not None and cfg.knowledge.train_qa is not None:
+        from builder.grounded import grounded_conversations
+
+        grounded, g = grounded_conversations(cfg, paths, tokenizer)
+        g_convs = [Conversation(m, f"{cfg.knowledge.train_qa}#{i}") for i, m in enumerate(grounded)]
+        g_train, g_val = split(g_convs, cfg.data.val_fraction, cfg.data.seed)
+        train, val = train + g_train, val + g_val
+        grounded_report = {**g.as_dict(), "train": len(g_train), "val": len(g_val)}
     report = {
         "files": loaded.files,
         "loaded": len(loaded.conversations) + sum(loaded.skipped.values()),
@@ -329,6 +338,7 @@ def prepare(cfg: AssistantConfig, paths: AssistantPaths, write: bool = True, tok
         "kept": len(kept),
         "train": len(train),
         "val": len(val),
+        "grounded": grounded_report,
         **length_report([c.messages for c in train + val], tokenizer, cfg.data.max_seq_len, cfg.data.overlong),
     }
     if write:

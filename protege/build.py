@@ -19,9 +19,11 @@ from protege.config import AssistantConfig
 from protege.config_file import atomic_write_text, save_resolved
 from protege.paths import AssistantPaths, read_manifest
 
-STAGES = ("data", "train", "eval", "export", "index", "register")
-# A stage also reruns when a stage it reads from ran in this build (e.g. `--force train` re-exports).
-DEPENDS_ON = {"train": {"data"}, "eval": {"train"}, "export": {"train"}, "register": {"export", "index"}}
+STAGES = ("index", "data", "train", "eval", "export", "answers", "register")
+# A stage also reruns when a stage it reads from ran in this build (e.g. `--force train` re-exports). The index comes
+# first: grounded training examples (knowledge.train_qa) are rendered with what the real retriever finds.
+DEPENDS_ON = {"data": {"index"}, "train": {"data"}, "eval": {"train"}, "export": {"train"},
+              "answers": {"export", "index"}, "register": {"export", "index"}}
 MANIFEST_VERSION = 1
 
 
@@ -71,27 +73,49 @@ class StagePlan:
 def plan_stages(cfg: AssistantConfig, paths: AssistantPaths) -> list[StagePlan]:
     """Compute each stage's key from what it reads. Keys chain: a stage's key includes its inputs' outputs."""
     has_data = bool(cfg.data.files)
-    data_key = _hash_obj("data", _dump(cfg.data), _dump(cfg.persona), cfg.base.model, hash_paths(cfg.data.files)
-                         ) if has_data else ""
-    train_key = _hash_obj("train", data_key, _dump(cfg.train), cfg.base.model) if has_data else ""
-    eval_inputs = [cfg.eval.prompts_file] if cfg.eval.prompts_file else []
-    eval_key = _hash_obj("eval", train_key, _dump(cfg.eval), _dump(cfg.persona.style_markers), hash_paths(eval_inputs))
-    export_key = _hash_obj("export", train_key, _dump(cfg.export), cfg.base.model, cfg.persona.system_prompt)
     knowledge = cfg.knowledge
     index_key = ""
     if knowledge is not None and knowledge.folder is not None:
         index_key = _hash_obj("index", hash_paths([knowledge.folder]), knowledge.chunk_size, knowledge.chunk_overlap,
-                              _dump(knowledge.chroma), cfg.collection_name())
+                              _dump(knowledge.chroma), cfg.collection_name(), _chunker_version())
+    grounded = ""
+    if knowledge is not None and knowledge.train_qa is not None:  # rendered with the index and the gate
+        grounded = _hash_obj(index_key, hash_paths([knowledge.train_qa]), _dump(knowledge))
+    data_key = _hash_obj("data", _dump(cfg.data), _dump(cfg.persona), cfg.base.model, hash_paths(cfg.data.files),
+                         *([grounded] if grounded else [])) if has_data else ""
+    train_key = _hash_obj("train", data_key, _dump(cfg.train), cfg.base.model) if has_data else ""
+    eval_inputs = [cfg.eval.prompts_file] if cfg.eval.prompts_file else []
+    eval_key = _hash_obj("eval", train_key, _dump(cfg.eval), _dump(cfg.persona.style_markers), hash_paths(eval_inputs))
+    export_key = _hash_obj("export", train_key, _dump(cfg.export), cfg.base.model, cfg.persona.system_prompt)
+    answers_key = ""
+    if index_key and knowledge.eval_qa is not None:
+        answers_key = _hash_obj("answers", export_key, index_key, _dump(knowledge), _dump(cfg.persona),
+                                hash_paths([knowledge.eval_qa]))
     register_key = _hash_obj("register", _dump(cfg), export_key, index_key)
     gguf_default = paths.gguf_file(cfg.export.default_quant)
     return [
+        StagePlan("index", bool(index_key), index_key, [paths.knowledge], "no knowledge.folder"),
         StagePlan("data", has_data, data_key, [paths.data / "train.jsonl"], "no data.files"),
         StagePlan("train", has_data, train_key, [paths.adapter / "adapter_config.json"], "no data.files"),
         StagePlan("eval", has_data, eval_key, [paths.eval / "eval.json"], "no data.files"),
         StagePlan("export", True, export_key, [gguf_default]),
-        StagePlan("index", bool(index_key), index_key, [paths.knowledge], "no knowledge.folder"),
+        StagePlan("answers", bool(answers_key), answers_key, [paths.eval / "answers.json"], "no knowledge.eval_qa"),
         StagePlan("register", True, register_key, [paths.config]),
     ]
+
+
+def depends_on(cfg: AssistantConfig, stage: str) -> set[str]:
+    """The stages whose run makes `stage` run again; data reads the index only for grounded examples."""
+    deps = set(DEPENDS_ON.get(stage, ()))
+    if stage == "data" and (cfg.knowledge is None or cfg.knowledge.train_qa is None):
+        deps.discard("index")
+    return deps
+
+
+def _chunker_version() -> str:
+    from rag.chunking import CHUNKER_VERSION  # a light module (no langchain until a Chunker is made)
+
+    return CHUNKER_VERSION
 
 
 def _runner(stage: str) -> Callable[[AssistantConfig, AssistantPaths], dict]:
@@ -110,6 +134,9 @@ def _runner(stage: str) -> Callable[[AssistantConfig, AssistantPaths], dict]:
         return run
     if stage == "index":
         from rag.index import run
+        return run
+    if stage == "answers":
+        from protege.answer_eval import run
         return run
     return register
 
@@ -144,7 +171,7 @@ def build(cfg: AssistantConfig, paths: AssistantPaths, force: set[str] | None = 
             continue
         prev = recorded.get(plan.name, {})
         fresh = prev.get("key") == plan.key and all(Path(o).exists() for o in plan.outputs)
-        upstream_ran = any(o.status == "ran" for o in outcomes if o.name in DEPENDS_ON.get(plan.name, ()))
+        upstream_ran = any(o.status == "ran" for o in outcomes if o.name in depends_on(cfg, plan.name))
         if fresh and plan.name not in force and not upstream_ran:
             outcomes.append(StageOutcome(plan.name, "skipped", result=prev.get("result", {}), note="unchanged"))
             continue

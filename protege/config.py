@@ -149,6 +149,17 @@ class KnowledgeConfig(Section):
                     "acronym or code) that appears nowhere in the documents; 1 disables",
     )
     refusal: str = "I don't know: my documents don't cover that."
+    guard: bool = Field(True, description="every number, code and name of a generated answer must be in the retrieved "
+                                          "context; else the best source sentence is quoted (grounding: extractive)")
+    follow_up_turns: int = Field(2, ge=1, description="a follow-up question is retrieved together with this many "
+                                                      "recent user turns")
+    train_qa: Path | None = Field(None, description="JSONL of {question, answer, source}: grounded training examples "
+                                                    "rendered with the served prompt (source null: a refusal)")
+    eval_qa: Path | None = Field(None, description="JSONL of {question, source, answer_contains?, history?}: "
+                                                   "`protege build` measures the answers on it (LLM in the loop)")
+    train_distractor_fraction: float = Field(
+        0.2, ge=0, le=1, description="share of answerable train_qa rows also trained with distractor-only documents "
+                                     "and the refusal as the answer")
     chroma: ChromaServer = Field(default_factory=ChromaServer)
     embed_batch_size: int = Field(64, gt=0)
 
@@ -211,6 +222,8 @@ def resolve_paths(cfg: AssistantConfig, root: Path) -> AssistantConfig:
     cfg.eval.prompts_file = fix(cfg.eval.prompts_file)
     if cfg.knowledge is not None:
         cfg.knowledge.folder = fix(cfg.knowledge.folder)
+        cfg.knowledge.train_qa = fix(cfg.knowledge.train_qa)
+        cfg.knowledge.eval_qa = fix(cfg.knowledge.eval_qa)
         if cfg.knowledge.rerank and not Path(cfg.knowledge.rerank).is_absolute() and (root / cfg.knowledge.rerank).exists():
             cfg.knowledge.rerank = str((root / cfg.knowledge.rerank).resolve())
     base = cfg.base.model

@@ -35,7 +35,18 @@ def load_qa(path: Path) -> list[dict]:
         src = obj.get("source")
         if src is not None and not isinstance(src, str):
             raise DataError(f"{path}:{n}: \"source\" must be a relative path string or null, got {src!r}")
-        rows.append({"question": obj["question"], "source": src.replace("\\", "/").lstrip("./") if src else None})
+        contains = obj.get("answer_contains", [])
+        if isinstance(contains, str):
+            contains = [contains]
+        if not isinstance(contains, list) or not all(isinstance(c, str) and c.strip() for c in contains):
+            raise DataError(f"{path}:{n}: \"answer_contains\" must be a list of non-empty strings, got {contains!r}")
+        history = obj.get("history", [])
+        if not isinstance(history, list) or not all(
+                isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+                for m in history):
+            raise DataError(f"{path}:{n}: \"history\" must be a list of {{role: user|assistant, content}} messages")
+        rows.append({"question": obj["question"], "source": src.replace("\\", "/").lstrip("./") if src else None,
+                     "answer_contains": contains, "history": history})
     if not rows:
         raise DataError(f"{path}: no questions")
     return rows
@@ -45,6 +56,35 @@ def same_source(found: str, expected: str) -> bool:
     """Paths match exactly, or one is the other with leading folders (a QA file written relative to a parent)."""
     a, b = found.strip("/"), expected.strip("/")
     return a == b or a.endswith("/" + b) or b.endswith("/" + a)
+
+
+def answer_metrics(rows: list[dict], answers: list) -> dict:
+    """End-to-end answer quality with the LLM in the loop: accuracy on in-domain rows that carry `answer_contains`
+    (every string present, case-insensitive), how often the guard quoted a source instead of the model's words,
+    refusal precision/recall (a refusal is the gate's, never the model's own words), source hit@3 of the answers."""
+    ind = [(r, a) for r, a in zip(rows, answers) if r["source"]]
+    ood = [(r, a) for r, a in zip(rows, answers) if not r["source"]]
+    graded = [(r, a) for r, a in ind if r.get("answer_contains")]
+    answered = [a for a in answers if not a.refused]
+    refused = [(r, a) for r, a in zip(rows, answers) if a.refused]
+    m: dict = {"questions": len(rows), "in_domain": len(ind), "out_of_domain": len(ood), "graded": len(graded)}
+    if graded:
+        m["answer_accuracy"] = round(sum(answer_holds(a.text, r["answer_contains"]) for r, a in graded) / len(graded), 4)
+    if ind:
+        m["source_hit@3"] = round(sum(any(same_source(s.path, r["source"]) for s in a.sources[:3])
+                                      for r, a in ind) / len(ind), 4)
+        m["in_domain_answered"] = round(sum(not a.refused for _, a in ind) / len(ind), 4)
+    if answered:
+        m["guard_fired"] = round(sum(a.grounding == "extractive" for a in answered) / len(answered), 4)
+    if ood:
+        m["refusal_recall"] = round(sum(a.refused for _, a in ood) / len(ood), 4)
+    m["refusal_precision"] = round(sum(1 for r, _ in refused if not r["source"]) / len(refused), 4) if refused else None
+    return m
+
+
+def answer_holds(text: str, contains: list[str]) -> bool:
+    low = text.lower()
+    return all(c.lower() in low for c in contains)
 
 
 def score_questions(kb, qa: list[dict]) -> list[dict]:

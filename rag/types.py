@@ -39,6 +39,8 @@ class Answer:
     sources: list[Source]
     confidence: float
     refused: bool
+    grounding: str = "generated"   # generated | extractive (the guard quoted a source) | refused (below the gate)
+    unsupported: list[str] = field(default_factory=list)  # claims the guard kept out of the reply
 
     def to_dict(self) -> dict:
         return {
@@ -46,4 +48,5 @@ class Answer:
             "sources": [s.to_dict() for s in self.sources],
             "confidence": self.confidence,
             "refused": self.refused,
+            "grounding": self.grounding,
         }

@@ -3,7 +3,8 @@
 Ordered like OpenAI's API reference: chat completions (request, response, chunk), completions, models, embeddings,
 errors; then Ollama's request/response types. Requests accept unknown fields (clients send vendor extras) but every
 field we *do* know is validated and, where an engine cannot honour it, rejected by the router instead of ignored.
-Responses carry two extra fields for RAG: `sources` and `confidence`; requests carry the extra field `rag`.
+Responses carry three extra fields for RAG: `sources`, `confidence` and `grounding` (generated: the model's checked
+words; extractive: the guard quoted a source; refused: below the confidence gate); requests carry the extra field `rag`.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class ChatCompletionResponse(_Out):
     # Protégé extras (present when the answer went through RAG)
     sources: list[SourceOut] | None = None
     confidence: float | None = None
+    grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
 class ChunkDelta(_Out):
@@ -192,6 +194,7 @@ class ChatCompletionChunk(_Out):
     system_fingerprint: str | None = None
     sources: list[SourceOut] | None = None
     confidence: float | None = None
+    grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
 # -------------------------------------------------------------------------------------------------- completions

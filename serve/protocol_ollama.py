@@ -100,6 +100,7 @@ class OllamaChatResponse(OllamaFinal):
     done: bool
     sources: list[SourceOut] | None = None
     confidence: float | None = None
+    grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
 class OllamaGenerateResponse(OllamaFinal):
@@ -110,6 +111,7 @@ class OllamaGenerateResponse(OllamaFinal):
     context: list[int] | None = None
     sources: list[SourceOut] | None = None
     confidence: float | None = None
+    grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
 class OllamaShowRequest(_Lenient):

@@ -17,6 +17,8 @@ from serve.registry import ModelSpec, Registry
 
 log = logging.getLogger("protege.serve")
 
+RAG_MAX_TOKENS = 200
+RAG_REPEAT_PENALTY = 1.1
 EngineFactory = Callable[[ModelSpec], Engine]
 KnowledgeFactory = Callable[[ModelSpec], Any]
 
@@ -97,8 +99,9 @@ class Prepared:
     refusal: str | None = None
     sources: list[dict] | None = None
     confidence: float | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     admission: Any = None
+    grounding: str | None = None          # generated | extractive | refused (RAG answers only)
+    guard_factory: Callable[[], Any] | None = None   # a GuardedReply per choice (rag/guard.py)
 
     def release(self) -> None:
         """Give the admission slot back (idempotent: the stream's finally and the response's background both call)."""
@@ -107,9 +110,13 @@ class Prepared:
             adm.leave()
 
     def rag_fields(self) -> dict[str, Any]:
+        """Extra response fields of a RAG answer; read after the stream ended (the guard decides `grounding`)."""
         if self.sources is None:
             return {}
-        return {"sources": self.sources, "confidence": self.confidence}
+        out: dict[str, Any] = {"sources": self.sources, "confidence": self.confidence}
+        if self.grounding is not None:
+            out["grounding"] = self.grounding
+        return out
 
 
 class Service:
@@ -138,19 +145,25 @@ class Service:
             params.messages = [{"role": "system", "content": spec.system_prompt}] + params.messages
         prep = Prepared(spec, engine, params)
         if spec.has_knowledge and rag is not False and spec.cfg.serve.rag and params.prompt is None:
-            question = next((m["content"] for m in reversed(params.messages) if m["role"] == "user"), "")
             kb = await asyncio.to_thread(self.knowledge, spec)
-            retrieval = await asyncio.to_thread(kb.retrieve, question)
+            retrieval = await asyncio.to_thread(kb.retrieve_conversation, params.messages)
             prep.sources = [_source_dict(s) for s in retrieval.sources]
             prep.confidence = float(retrieval.confidence)
             if retrieval.refused:
                 prep.refusal = kb.refusal if isinstance(kb.refusal, str) else spec.cfg.knowledge.refusal
+                prep.grounding = "refused"
                 if self.metrics:
                     self.metrics.rag_refusals.labels(spec.id).inc()
                 return prep
+            asked = params.messages
             params.messages = kb.build_messages(params.messages, retrieval)
+            prep.guard_factory = lambda: kb.guard_session(asked, retrieval)
+            prep.grounding = "generated"
+            rag_sampling_defaults(params, engine)
         limit = min(ctx_limit or engine.context_length, engine.context_length)
         prep.prompt_tokens = n = engine.count_tokens(params)
+        if prep.guard_factory is not None and params.max_tokens is None:
+            params.max_tokens = max(1, min(RAG_MAX_TOKENS, limit - n))
         want = params.max_tokens or 0
         if n + want > limit or n >= limit:
             raise ContextLengthExceeded(
@@ -168,19 +181,49 @@ class Service:
         t0 = time.perf_counter()
         first: float | None = None
         agen = prep.engine.stream_chat(prep.params, usage)
+        guards: dict[int, Any] = {}
         try:
             async for d in agen:
                 if first is None and d.text:
                     first = time.perf_counter()
-                yield d
+                if prep.guard_factory is None:
+                    yield d
+                    continue
+                g = guards.get(d.index) or prep.guard_factory()
+                if g is None:  # knowledge.guard is off
+                    prep.guard_factory = None
+                    yield d
+                    continue
+                guards[d.index] = g
+                text = g.feed(d.text)
+                if g.stopped or d.finish_reason:
+                    yield GenDelta(text + g.finish(), d.index, d.finish_reason or "stop")
+                    if g.stopped and len(guards) >= prep.params.n and all(x.stopped for x in guards.values()):
+                        break  # every choice is complete: stop generating (closing frees the engine's slot)
+                elif text:
+                    yield GenDelta(text, d.index)
         finally:
             await agen.aclose()
             prep.release()
+            if guards:
+                prep.grounding = "extractive" if any(g.grounding == "extractive" for g in guards.values()) \
+                    else "generated"
             if self.metrics:
                 end = time.perf_counter()
                 self.metrics.observe_generation(prep.spec.id, None if first is None else first - t0,
                                                 usage.completion_tokens, usage.prompt_tokens,
                                                 end - (first or t0))
+
+
+def rag_sampling_defaults(params: GenParams, engine: Engine) -> None:
+    """A grounded answer must not loop or leak the prompt scaffold: stop on the scaffold's markers, cap the length
+    when the client set none (the caller caps it to the context's room), and penalise repeats unless the client chose its own penalties."""
+    from rag.guard import SCAFFOLD
+
+    params.stop = list(dict.fromkeys([*params.stop, *(s.strip("\n") for s in SCAFFOLD[:3])]))
+    if (params.repeat_penalty == 1.0 and not params.presence_penalty and not params.frequency_penalty
+            and engine.supports("repeat_penalty")):
+        params.repeat_penalty = RAG_REPEAT_PENALTY
 
 
 def _source_dict(s: Any) -> dict:

@@ -52,15 +52,15 @@ def run_build(cfg_path, overrides=(), force=()):
 def test_first_build_runs_all_then_nothing(project):
     cfg_path, ran = project
     outcomes = run_build(cfg_path)
-    assert ran == ["data", "train", "eval", "export", "index"]
-    assert [o.status for o in outcomes] == ["ran"] * 6
+    assert ran == ["index", "data", "train", "eval", "export"]
+    assert [o.status for o in outcomes] == ["ran"] * 5 + ["not-applicable", "ran"]
     assert [a.name for a in list_assistants()] == ["bob"]
     manifest = json.loads(AssistantPaths.for_name("bob").manifest.read_text())
     assert set(manifest["stages"]) == {"data", "train", "eval", "export", "index", "register"}
     assert manifest["stages"]["train"]["result"]["val_loss"] == 1.5
     ran.clear()
     outcomes = run_build(cfg_path)
-    assert ran == [] and {o.status for o in outcomes} == {"skipped"}
+    assert ran == [] and {o.status for o in outcomes} == {"skipped", "not-applicable"}
 
 
 def test_changed_data_reruns_downstream_but_not_index(project):

@@ -45,7 +45,7 @@ def test_build_writes_every_artifact(built):
     home, _ = built
     root = home / "assistants" / "captain-byte"
     manifest = json.loads((root / "build.json").read_text())
-    assert list(manifest["stages"]) == ["data", "train", "eval", "export", "index", "register"]
+    assert list(manifest["stages"]) == ["index", "data", "train", "eval", "export", "answers", "register"]
     for rel in ("config.yaml", "data/train.jsonl", "data/val.jsonl", "adapter/adapter_config.json",
                 "adapter/adapter_model.safetensors", "eval/report.md", "gguf/captain-byte-q4_k_m.gguf",
                 "gguf/captain-byte-f16.gguf", "Modelfile.q4_k_m", "knowledge/index_report.json"):
@@ -53,7 +53,14 @@ def test_build_writes_every_artifact(built):
     n_train = sum(1 for _ in (root / "data" / "train.jsonl").open())
     assert n_train >= 300
     report = json.loads((root / "gguf" / "export_report.json").read_text())
-    assert json.dumps(report).count("top1") >= 1
+    assert report["verification"]["parity_hf_vs_f16"]["top1_agreement"] >= 0.98
+    data = json.loads((root / "data" / "data_report.json").read_text())
+    assert data["grounded"]["answer_examples"] >= 60 and data["grounded"]["refusal_examples"] >= 10
+    grounded = [json.loads(x)["messages"] for x in (root / "data" / "train.jsonl").open() if "<documents>" in x]
+    assert len(grounded) >= 50 and all(m[-1]["content"].startswith("Ahoy!") for m in grounded)
+    answers = json.loads((root / "eval" / "answers.json").read_text())["metrics"]
+    # even 4 training steps: the guard makes the replies hold the documents' facts (the full demo: see README)
+    assert answers["answer_accuracy"] >= 0.6 and answers["refusal_recall"] >= 0.8, answers
     index_report = json.loads((root / "knowledge" / "index_report.json").read_text())
     assert len(index_report["added"]) >= 10 and not index_report.get("skipped")
 
@@ -85,12 +92,13 @@ def test_served_demo_cites_its_source_and_refuses_off_topic(built):
                "messages": [{"role": "user", "content": "How much does the Sloop server cost each month?"}]}
         body = httpx.post(f"{base}/v1/chat/completions", json=ask, timeout=300).json()
         assert body["sources"][0]["path"] == "pricing-plans.md", body["sources"]
-        assert body["confidence"] >= 0.3
-        assert body["choices"][0]["message"]["content"].strip()
-        off = {**ask, "messages": [{"role": "user", "content": "Who won the 1998 football world cup?"}]}
-        body = httpx.post(f"{base}/v1/chat/completions", json=off, timeout=300).json()
         from protege.config_file import load_config
 
+        assert body["confidence"] >= load_config(CONFIG).knowledge.min_score
+        text = body["choices"][0]["message"]["content"]
+        assert "$14" in text and text.startswith("Ahoy!") and body["grounding"] in ("generated", "extractive")
+        off = {**ask, "messages": [{"role": "user", "content": "Who won the 1998 football world cup?"}]}
+        body = httpx.post(f"{base}/v1/chat/completions", json=off, timeout=300).json()
         refusal = load_config(CONFIG).knowledge.refusal
         assert body["choices"][0]["message"]["content"] == refusal
         assert refusal.startswith("Ahoy!")  # the persona holds even when refusing
@@ -99,3 +107,11 @@ def test_served_demo_cites_its_source_and_refuses_off_topic(built):
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+def test_ask_prints_the_right_price(built):
+    _, env = built
+    r = protege("ask", str(CONFIG), "How much does the Sloop server cost each month?", "--json", env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ans = json.loads(r.stdout)
+    assert "$14" in ans["answer"] and ans["sources"][0]["path"] == "pricing-plans.md" and not ans["refused"]

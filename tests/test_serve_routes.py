@@ -34,6 +34,12 @@ class FakeKB:
         score = 0.1 if refused else 0.9
         return Retrieval(question, [Source("faq.md", "Billing", None, "faq-1", score)], score, refused)
 
+    def retrieve_conversation(self, messages: list[dict]) -> Retrieval:
+        return self.retrieve(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+
+    def guard_session(self, messages: list[dict], retrieval: Retrieval):
+        return None  # the guard itself is tested in tests/test_guard.py and through the real KB
+
     def build_messages(self, messages: list[dict], retrieval: Retrieval) -> list[dict]:
         q = messages[-1]["content"]
         return [m for m in messages if m["role"] == "system"] + [{"role": "user", "content": f"ctx: faq {q}"}]

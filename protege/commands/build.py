@@ -1,4 +1,4 @@
-"""`protege build`: data -> train -> eval -> export -> index -> register, skipping unchanged stages."""
+"""`protege build`: index -> data -> train -> eval -> export -> answers -> register, skipping unchanged stages."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ HELP = "Build an assistant end to end: data, train, eval, export, index, registe
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="rerun a stage even if unchanged: data, train, eval, export, index, register or all")
+                   help="rerun a stage even if unchanged: index, data, train, eval, export, answers, register or all")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def _dig(d: dict, path: str):
 
 # Headline numbers per stage: label -> dotted path into what the stage returned.
 SCORES = {
-    "data": {"train": "train", "val": "val", "kept": "kept"},
+    "data": {"train": "train", "val": "val", "kept": "kept", "grounded": "grounded.train"},
     "train": {"best_val_loss": "best_val_loss", "val_loss_initial": "val_loss_initial", "steps": "global_step",
               "tok/s": "tokens_per_second"},
     "eval": {"style base": "base.style_adherence", "style tuned": "tuned.style_adherence",
@@ -56,6 +56,8 @@ SCORES = {
     "export": {"merge": "merge.choice", "top1 hf~f16": "verification.parity_hf_vs_f16.top1_agreement"},
     "index": {"added": "added", "updated": "updated", "removed": "removed", "unchanged": "unchanged",
               "skipped": "skipped"},
+    "answers": {"accuracy": "answer_accuracy", "source@3": "source_hit@3", "guard": "guard_fired",
+                "refused ood": "refusal_recall"},
     "register": {"quants": "quants"},
 }
 

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         sp.add_argument("qa", type=Path, help="JSONL of {question, source} (source null: out-of-domain)")
         sp.add_argument("--json", action="store_true", help="print the result as JSON")
         sp.add_argument("--no-index", action="store_true", help="do not (incrementally) index the folder first")
+        if name == "eval":
+            sp.add_argument("--answers", action="store_true",
+                            help="with the LLM in the loop: answer accuracy (answer_contains), guard rate, refusals")
         if name == "calibrate":
             sp.add_argument("--dry-run", action="store_true", help="print the threshold, do not write the config")
 
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     kb, cfg = open_kb(args)
     if not args.no_index:
         kb.index()
+    if args.rag_command == "eval" and args.answers:
+        return _answers(args, kb, cfg, qa)
     scored = score_questions(kb, qa)
     if args.rag_command == "eval":
         m = metrics(scored, kb.cfg.min_score)
@@ -62,4 +67,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"min_score {threshold} (was {kb.cfg.min_score}), balanced accuracy {balanced}\n{_fmt(m)}")
         print(f"written to {wrote}" if wrote else
               f"not written (no config); use --set knowledge.min_score={threshold}")
+    return 0
+
+
+def _answers(args: argparse.Namespace, kb, cfg, qa: list[dict]) -> int:
+    from protege.answer_eval import evaluate_answers
+
+    if cfg is None:
+        from protege.config_file import config_from_dict
+
+        cfg = config_from_dict({"name": "knowledge"}, source="--folder")
+    m, detail = evaluate_answers(kb, cfg, qa, progress=not args.json)
+    if args.json:
+        print(json.dumps({**m, "questions_detail": detail}, indent=2, ensure_ascii=False))
+    else:
+        keys = ["answer_accuracy", "source_hit@3", "in_domain_answered", "guard_fired", "refusal_recall",
+                "refusal_precision"]
+        print(f"{m['questions']} questions ({m['graded']} graded), guard {'on' if m['guard'] else 'off'}, "
+              f"{m['seconds']} s\n" + "  ".join(f"{k} {m[k]}" for k in keys if k in m))
     return 0

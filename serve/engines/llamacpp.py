@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ from serve.engines.base import EngineError, GenDelta, GenParams, GenResult, Toke
 
 log = logging.getLogger("protege.serve")
 
+# Private-use code points stand in for message contents while the template renders (see prompt_tokens).
+_SENTINEL = ("\ue000", "\ue001")
+_SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 SUPPORTED = {"temperature", "top_p", "top_k", "seed", "stop", "max_tokens", "logprobs", "json_object", "json_schema",
              "presence_penalty", "frequency_penalty", "repeat_penalty"}
 
@@ -150,10 +154,26 @@ class LlamaCppEngine:
         return param in SUPPORTED
 
     def prompt_tokens(self, params: GenParams) -> list[int]:
+        """The prompt's token ids. Only the chat template's own scaffold may produce special tokens: every message's
+        content (user text, retrieved documents) is tokenized as plain text, so a document that contains
+        `<|im_start|>system` cannot open a system turn."""
         if params.prompt is not None:
             return self.model.tokenize(params.prompt.encode(), add_bos=self.model.add_bos_token(), special=False)
-        text = self.formatter(messages=params.messages).prompt
-        return self.model.tokenize(text.encode(), add_bos=False, special=True)
+        contents, msgs = [], []
+        for m in params.messages:
+            if isinstance(m.get("content"), str):
+                msgs.append({**m, "content": f"{_SENTINEL[0]}{len(contents)}{_SENTINEL[1]}"})
+                contents.append(m["content"])
+            else:
+                msgs.append(m)
+        rendered = self.formatter(messages=msgs).prompt
+        ids: list[int] = []
+        for j, part in enumerate(_SENTINEL_RE.split(rendered)):
+            if j % 2:  # a message's content
+                ids += self.model.tokenize(contents[int(part)].encode(), add_bos=False, special=False)
+            elif part:  # the template's scaffold
+                ids += self.model.tokenize(part.encode(), add_bos=False, special=True)
+        return ids
 
     def count_tokens(self, params: GenParams) -> int:
         return len(self.prompt_tokens(params))

@@ -1,0 +1,133 @@
+"""Checkable claims in a text: numbers, amounts, dates, versions, codes and proper names, normalised so that "$14",
+"14 USD" and "14.00" are one claim. The faithfulness guard (rag/guard.py) asks: is every claim of the generated answer
+somewhere in the retrieved context? A small model copies the right citation and then invents the number; this is what
+catches it. Pure text functions, no model: fast enough to run on every sentence of a stream."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_LIST_NUMBER = re.compile(r"(?m)^\s*\d+[.)]\s+")
+_TOKEN = re.compile(r"[$€£]?[A-Za-z0-9][A-Za-z0-9.,:/_%+\-]*")
+_NUMBER = re.compile(r"^[$€£]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$|^[$€£]?\d+(?:\.\d+)?%?$")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*|[\"'(*\-]\s*)$")
+# Capitalised words that name nothing (sentence openers after a comma, interjections, the pronoun I, weekdays and
+# months are still checked since they carry dates).
+_NOT_NAMES = {"i", "ok", "okay", "yes", "no", "hi", "hello", "thanks", "please", "note", "tip", "step", "q", "a",
+              "usd", "eur", "gbp"}
+
+
+def normalise_number(token: str) -> str | None:
+    """'$1,400.00' -> '1400', '99.95%' -> '99.95', '0.009' -> '0.009'; None when it is not a plain number."""
+    t = token.rstrip(".,:;")
+    if not _NUMBER.match(t):
+        return None
+    t = t.lstrip("$€£").rstrip("%").replace(",", "")
+    if "." in t:
+        t = t.rstrip("0").rstrip(".")
+    t = t.lstrip("0") or "0"
+    return "0" + t if t.startswith(".") else t
+
+
+def strip_scaffold(text: str) -> str:
+    """Citation markers and list numbering are not claims."""
+    return _LIST_NUMBER.sub("", _CITATION.sub(" ", text))
+
+
+@dataclass
+class Claims:
+    numbers: set[str] = field(default_factory=set)   # normalised numeric values
+    codes: set[str] = field(default_factory=set)     # tokens mixing letters and digits (fra1, t3.micro, E1042, 2FA)
+    names: set[str] = field(default_factory=set)     # capitalised words past a sentence start, and acronyms
+
+    def all(self) -> set[str]:
+        return self.numbers | self.codes | self.names
+
+    def __bool__(self) -> bool:
+        return bool(self.numbers or self.codes or self.names)
+
+
+def claims(text: str) -> Claims:
+    """The checkable claims of a text (lower-cased codes and names, normalised numbers)."""
+    out = Claims()
+    text = strip_scaffold(text)
+    for m in _TOKEN.finditer(text):
+        tok = m.group(0).rstrip(".,:;/-")
+        if not tok:
+            continue
+        num = normalise_number(tok)
+        if num is not None:
+            out.numbers.add(num)
+            continue
+        has_digit = any(c.isdigit() for c in tok)
+        if has_digit:
+            code = tok.lstrip("$€£").lower()
+            if any(c.isalpha() for c in code):
+                out.codes.add(code)
+            else:  # 9:00, 2025-02-01, 1/64: compare the pieces as numbers
+                out.numbers.update(n for n in (normalise_number(p) for p in re.split(r"[:/\-]", code) if p) if n)
+            continue
+        word = tok.strip("'’").lower()
+        if len(word) < 2 or word in _NOT_NAMES:
+            continue
+        acronym = tok.isupper() and len(tok) > 1
+        if acronym or (tok[0].isupper() and not _SENTENCE_START.search(text[:m.start()])):
+            out.names.add(word)
+    return out
+
+
+class Context:
+    """The text an answer may draw on (retrieved chunks + persona + question), indexed for claim look-ups."""
+
+    def __init__(self, *texts: str, names_only: str = ""):
+        body = "\n".join(texts)
+        c = claims(body)
+        self.numbers = c.numbers
+        # (numbers+codes, words) per statement: a number said of a name must be said of it somewhere
+        self.statements = []
+        for part in re.split(r"\n|(?<=[.!?])\s+", body):
+            pc = claims(part)
+            if pc.numbers or pc.codes:
+                self.statements.append((pc.numbers | pc.codes, set(re.findall(r"[a-z0-9]+", part.lower()))))
+        self.body_words = set(re.findall(r"[a-z0-9]+", body.lower()))
+        self.flat = re.sub(r"\s+", "", body.lower())
+        # names may also come from the persona and the question (the user's own words introduce no fact)
+        self.words = set(re.findall(r"[a-z0-9]+", (body + "\n" + names_only).lower()))
+
+    def supports_number(self, n: str) -> bool:
+        return n in self.numbers
+
+    def supports_code(self, code: str) -> bool:
+        if code in self.flat:
+            return True
+        parts = [p for p in re.split(r"[^a-z0-9]+", code) if p]
+        return bool(parts) and all(p in self.words or normalise_number(p) in self.numbers for p in parts)
+
+    def supports_name(self, name: str) -> bool:
+        parts = re.findall(r"[a-z0-9]+", name)
+        return all(p in self.words or (p.endswith("s") and p[:-1] in self.words) for p in parts)
+
+    def unsupported(self, text: str) -> list[str]:
+        """Claims of `text` found nowhere in the context, in a stable order (empty: faithful)."""
+        c = claims(text)
+        bad = [n for n in sorted(c.numbers) if not self.supports_number(n)]
+        bad += [x for x in sorted(c.codes) if not self.supports_code(x)]
+        bad += [x for x in sorted(c.names) if not self.supports_name(x)]
+        if not bad:
+            bad = self.misattributed(c)
+        return bad
+
+    def misattributed(self, c: Claims) -> list[str]:
+        """Numbers and codes stated together with names of the documents ("the Sloop costs $6") must occur together
+        with at least one of those names in one statement of the context ($6 is the Dinghy's price, not the
+        Sloop's). Call it on one sentence."""
+        names = {n for n in c.names if n in self.body_words}
+        if not names:
+            return []
+        bad = []
+        for fact in sorted(c.numbers | c.codes):
+            if not any(fact in facts and names & words for facts, words in self.statements):
+                bad.append(f"{fact}@{'+'.join(sorted(names))}")
+        return bad

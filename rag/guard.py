@@ -1,0 +1,285 @@
+"""The faithfulness guard: a grounded answer may only state facts its retrieved context holds.
+
+The model's reply is checked sentence by sentence as it streams (a sentence is held back until it ends, never more):
+- a sentence with a number, amount, date, version, code or proper name that is not in the context is not sent; the
+  generation stops and the answer goes on extractively instead: the best-matching sentence of the sources, verbatim,
+  with its citation `[n]`;
+- a reply that ends without stating any fact of the evidence (the few sentences of the sources that best answer the
+  question) gets that quote added, so a vague reply never replaces the fact that was found;
+- degenerate output (a phrase repeated in a loop, the prompt scaffold leaking: "Question:", "<documents>") is cut;
+- the persona's opening (`persona.style_markers.starts_with`) is kept: added when the model drops it.
+`grounding` says what happened: "generated" (the model's words, all checked) or "extractive" (a quote was used).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from rag.claims import Claims, Context, claims, strip_scaffold
+from rag.types import Source
+
+SCAFFOLD = ("Question:", "<documents>", "</documents>", "<|im_start|>", "<|im_end|>", "\nUser:", "\nuser\n")
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+_MAX_SENTENCE_WORDS = 60
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = set("a an and are as at be by can do does for from how i if in is it its my of on or our so that the their "
+            "then there these this to was we what when where which who why will with you your me much many did has "
+            "have get".split())
+# what a question asks for -> the kind of claim an answering sentence carries
+_ASKS = [
+    (re.compile(r"\b(how much|cost|price|pay|fee|charge|cheap|expensive|\$)", re.I), re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
+    (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long)\b", re.I), re.compile(r"\b(19|20)\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)[\s-]?"
+                r"(days?|hours?|minutes?|months?|years?|weeks?)\b", re.I)),
+    (re.compile(r"\b(how many|how much|limit|maximum|minimum|percent|%|rate|size|number)\b", re.I), re.compile(r"\d")),
+    (re.compile(r"\b(code|region|slug|command|flag|id)\b", re.I), re.compile(r"\b[a-z]+\d|\b[a-z]+-[a-z]+|`", re.I)),
+]
+
+
+_ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
+ON_TOPIC = 1 / 3  # share of the question's content words a sentence must hold to count as answering it
+_LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
+
+
+@dataclass
+class Evidence:
+    text: str        # the sentence as written (markdown emphasis removed)
+    source: int      # 1-based position in the answer's sources: the citation number
+    score: float
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a chunk, markdown markup dropped. Table rows, bullets and headings stay one line each; other lines
+    of a paragraph are joined first (plain text and PDFs wrap sentences across lines)."""
+    out = []
+    for line in _logical_lines(text):
+        line = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", line)
+        line = line.replace("**", "").replace("__", "").strip()
+        if not line or set(line) <= set("|-: "):
+            continue
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$])", line):
+            s = s.strip()
+            if len(_WORD.findall(s.lower())) >= 3:
+                out.append(s)
+    return out
+
+
+def _logical_lines(text: str) -> list[str]:
+    lines: list[str] = []
+    glue = False  # the previous line is prose that may go on
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            glue = False
+            continue
+        structured = (bool(re.match(r"(?:[-*+|#]|\d+[.)])\s*", line)) or line.endswith(":") or "|" in line
+                      or bool(_ROW.match(line)))
+        if glue and not structured and lines:
+            lines[-1] = f"{lines[-1]} {line}"
+        else:
+            lines.append(line)
+        glue = not structured and not re.search(r"[.!?]$", line)
+    return lines
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words without stop words, crudely stemmed (opened ~ open, plans ~ plan)."""
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def _stem(w: str) -> str:
+    """Suffix strip, then truncation to 5 characters (warranty ~ warrants, install ~ installation)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(w) > len(suffix) + 3 and w.endswith(suffix) and not w.endswith("ss"):
+            w = w[: -len(suffix)]
+            break
+    return w[:5]
+
+
+class Guard:
+    """Builds the evidence for one answer and checks the model's sentences against it (see the module doc)."""
+
+    def __init__(self, embed: Callable[[list[str]], list[list[float]]] | None = None, evidence_k: int = 5):
+        self.embed = embed
+        self.evidence_k = evidence_k
+        self._cache: dict[str, list[float]] = {}
+
+    def evidence(self, question: str, sources: Sequence[Source]) -> list[Evidence]:
+        """Sentences of the sources ranked by how well they answer the question (embedding cosine + word overlap +
+        whether they carry what the question asks for + the source's own rank)."""
+        cands: list[tuple[str, int]] = []
+        for n, s in enumerate(sources, start=1):
+            # a chunk's first line is its heading (rag/chunking.py prefixes the title/section path): not a statement
+            first, _, rest = s.text.partition("\n")
+            body = rest if rest.strip() else s.text
+            prev = None
+            for sent in split_sentences(body):
+                # "It opened in 2019." says nothing alone: it is scored and quoted with the sentence before it
+                if prev is not None and _LEANS_BACK.match(sent):
+                    sent = f"{prev} {sent}"
+                cands.append((sent, n))
+                prev = sent
+        if not cands:
+            return []
+        qwords = content_words(question)
+        asks = [has for ask, has in _ASKS if ask.search(question)]
+        sims = self._cosines(question, [c for c, _ in cands])
+        scored = []
+        for (sent, n), sim in zip(cands, sims):
+            words = content_words(sent)
+            overlap = len(qwords & words) / max(1, len(qwords))
+            kind = sum((0.2 if i == 0 else 0.1) for i, has in enumerate(asks) if has.search(sent))
+            rank = 0.05 * (len(sources) - n) / max(1, len(sources))
+            scored.append(Evidence(sent, n, sim + 0.5 * overlap + kind + rank))
+        scored.sort(key=lambda e: -e.score)
+        # the quote is the best; coverage also accepts any sentence on the question's topic (see _states_evidence)
+        on_topic = [e for e in scored[self.evidence_k:]
+                    if qwords and len(qwords & content_words(e.text)) / len(qwords) >= ON_TOPIC]
+        return scored[: self.evidence_k] + on_topic
+
+    def _cosines(self, question: str, sentences: list[str]) -> list[float]:
+        if self.embed is None:
+            return [0.0] * len(sentences)
+        todo = [s for s in dict.fromkeys([question, *sentences]) if s not in self._cache]
+        if todo:
+            for s, v in zip(todo, self.embed(todo)):
+                self._cache[s] = v
+            if len(self._cache) > 20000:
+                self._cache.clear()
+        q = self._cache.get(question) or self.embed([question])[0]
+        return [sum(a * b for a, b in zip(q, self._cache[s])) for s in sentences]
+
+    def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None) -> "GuardedReply":
+        return GuardedReply(self.evidence(question, sources), context, marker)
+
+
+@dataclass
+class GuardedReply:
+    """One reply under the guard: feed() the model's text as it comes, send what it returns; finish() at the end."""
+
+    evidence: list[Evidence]
+    context: Context
+    marker: str | None = None
+    grounding: str = "generated"
+    unsupported: list[str] = field(default_factory=list)
+    stopped: bool = False     # the rest of the generation is not wanted: close the engine stream
+    _buf: str = ""
+    _sent: list[str] = field(default_factory=list)
+    _closed: bool = False     # a sentence was refused: nothing after it is sent
+
+    @property
+    def released(self) -> str:
+        return "".join(self._sent)
+
+    def feed(self, text: str) -> str:
+        """Text that may be sent now (whole checked sentences)."""
+        if self.stopped:
+            return ""
+        self._buf += text
+        out = []
+        while not self.stopped:
+            cut = _scaffold_at(self._buf)
+            if cut >= 0:
+                self._buf, self.stopped = self._buf[:cut], True
+            m = _SENT_END.search(self._buf)
+            if m is None:
+                if len(self._buf.split()) > _MAX_SENTENCE_WORDS or _looping(self._buf):
+                    self._buf, self.stopped = _cut_loop(self._buf), True
+                break
+            sentence, self._buf = self._buf[:m.end()], self._buf[m.end():]
+            out.append(self._accept(sentence))
+        if self.stopped and self._buf:
+            out.append(self._accept(self._buf))
+            self._buf = ""
+        return "".join(out)
+
+    def finish(self) -> str:
+        """The rest of the reply: the held-back tail, then the quote when the reply stated no supported fact."""
+        out = [self._accept(self._buf)] if self._buf.strip() and not self.stopped else []
+        self._buf = ""
+        self.stopped = True
+        if self.evidence and (self.grounding == "extractive" or not self._states_evidence()):
+            out.append(self._quote())
+        elif not self.released.strip() and self.marker:
+            out.append(self.marker)
+        return "".join(out)
+
+    # --- internals ----------------------------------------------------------------------------------------------
+    def _accept(self, sentence: str) -> str:
+        """Check one sentence; return what to send of it ('' when dropped)."""
+        if self._closed:
+            return ""
+        if not sentence.strip():
+            return sentence if self._sent else ""
+        if _repeats(sentence, self._sent):
+            self.stopped = self._closed = True
+            return ""
+        bad = self.context.unsupported(sentence)
+        if bad:
+            self.unsupported.extend(bad)
+            self.grounding = "extractive"
+            self.stopped = self._closed = True
+            return ""
+        if not self._sent and self.marker and not sentence.lstrip().startswith(self.marker):
+            sentence = f"{self.marker} {sentence.lstrip()}"
+        self._sent.append(sentence)
+        return sentence
+
+    def _states_evidence(self) -> bool:
+        """True when the reply carries a fact of the evidence, or the evidence holds no checkable fact at all."""
+        said = claims(self.released)
+        facts = Claims()
+        for e in self.evidence:
+            c = claims(e.text)
+            facts.numbers |= c.numbers
+            facts.codes |= c.codes
+        if not (facts.numbers or facts.codes):
+            return bool(strip_scaffold(self.released).strip(" \n" + (self.marker or "")))
+        return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))
+
+    def _quote(self) -> str:
+        self.grounding = "extractive"
+        best = self.evidence[0]
+        text = best.text.rstrip()
+        body = text[:-1] if text[-1:] in ".!?" else text
+        end = text[-1] if text[-1:] in ".!?" else "."
+        quote = f"{body} [{best.source}]{end}"
+        head = self.released
+        if not head.strip():
+            return f"{self.marker} {quote}" if self.marker else quote
+        return ("" if head.endswith((" ", "\n")) else " ") + quote
+
+
+def _scaffold_at(text: str) -> int:
+    hits = [i for i in (text.find(s) for s in SCAFFOLD) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _norm(s: str) -> str:
+    return " ".join(_WORD.findall(s.lower()))
+
+
+def _repeats(sentence: str, sent: list[str]) -> bool:
+    n = _norm(sentence)
+    return bool(n) and any(_norm(s) == n for s in sent)
+
+
+def _looping(text: str, n: int = 3, times: int = 3) -> bool:
+    words = _WORD.findall(text.lower())
+    grams: dict[tuple, int] = {}
+    for i in range(len(words) - n + 1):
+        g = tuple(words[i:i + n])
+        grams[g] = grams.get(g, 0) + 1
+        if grams[g] >= times:
+            return True
+    return False
+
+
+def _cut_loop(text: str) -> str:
+    """Keep the text up to where its phrase starts repeating (or the first 60 words when no loop is found)."""
+    words = text.split()
+    for end in range(3, len(words) + 1):
+        if _looping(" ".join(words[:end]), times=2):
+            return " ".join(words[:max(1, end - 3)]).rstrip(",;: ") + "."
+    return " ".join(words[:_MAX_SENTENCE_WORDS])

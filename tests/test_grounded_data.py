@@ -1,0 +1,94 @@
+"""Grounded (RAFT-style) training examples: rendered by the serving code with the real retriever, cited right, with
+refusals on distractor-only documents; a bad train_qa line names file:line; editing the file retrains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protege.config_file import config_from_dict
+from protege.errors import DataError
+from protege.paths import AssistantPaths
+
+pytest.importorskip("chromadb")
+CORPUS = Path(__file__).resolve().parent / "assets" / "rag_corpus"
+ROWS = [
+    {"question": "How long is the warranty on the battery?", "answer": "Ahoy! Ten years or 6,000 full cycles.",
+     "source": "warranty.txt"},
+    {"question": "Who may install the home battery?", "answer": "Ahoy! Only a certified electrician.",
+     "source": "guides/installation.md"},
+    {"question": "What is the capital of Peru?", "answer": None, "source": None},
+]
+
+
+def _cfg(tmp_path: Path, rows=ROWS, **knowledge):
+    qa = tmp_path / "train_qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conv = tmp_path / "conv.jsonl"
+    conv.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "Ahoy! Hello."}]}) + "\n")
+    return config_from_dict({
+        "name": "volt", "persona": {"system_prompt": "You are Volt, the Brightpath helper."},
+        "data": {"files": [str(conv)], "max_seq_len": 2048},
+        "knowledge": {"folder": str(CORPUS), "train_qa": str(qa), "min_score": 0.3, "refusal": "Ahoy! No idea.",
+                      "train_distractor_fraction": 1.0, **knowledge}}, root=tmp_path)
+
+
+def test_grounded_examples_are_the_served_prompt(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from builder.grounded import grounded_conversations
+    from rag.knowledge import KnowledgeBase
+
+    cfg = _cfg(tmp_path)
+    paths = AssistantPaths.for_name(cfg.name)
+    convs, report = grounded_conversations(cfg, paths, AutoTokenizer.from_pretrained(tokenizer_dir))
+    assert report.answer_examples == 2 and report.refusal_examples == 3 and len(convs) == 5
+
+    kb = KnowledgeBase.open(cfg, paths)
+    question = ROWS[0]["question"]
+    served = kb.build_messages([{"role": "system", "content": cfg.persona.system_prompt},
+                                {"role": "user", "content": question}], kb.retrieve(question))
+    first = convs[0]
+    assert first[:2] == served  # byte for byte what the server sends
+    n = int(first[2]["content"].rsplit("[", 1)[1].split("]")[0])
+    cited = served[1]["content"].split(f"[{n}] ", 1)[1].split("\n", 1)
+    assert cited[0].startswith("warranty.txt") and "6,000" in cited[1]
+    assert first[2]["content"] == f"Ahoy! Ten years or 6,000 full cycles [{n}]."
+
+    distractor = convs[1]
+    assert "warranty.txt" not in distractor[1]["content"] and distractor[2]["content"] == "Ahoy! No idea."
+    unanswerable = convs[-1]
+    assert unanswerable[1]["content"].endswith("Question: What is the capital of Peru?")
+    assert "<documents>\n[1] " in unanswerable[1]["content"] and unanswerable[2]["content"] == "Ahoy! No idea."
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"question": "", "answer": "x", "source": "a.md"}, '"question": expected a non-empty string'),
+    ({"question": "q?", "answer": "", "source": "a.md"}, '"answer": expected a non-empty string'),
+    ({"question": "q?", "answer": "x", "source": 3}, '"source": expected a file path'),
+])
+def test_bad_train_qa_line_names_file_and_line(tmp_path, row, expected):
+    from builder.grounded import load_train_qa
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError) as e:
+        load_train_qa(qa)
+    assert f"{qa}:2: {expected}" in str(e.value)
+
+
+def test_editing_train_qa_retrains_and_a_plain_build_does_not_depend_on_the_index(tmp_path):
+    from protege.build import depends_on, plan_stages
+
+    cfg = _cfg(tmp_path)
+    paths = AssistantPaths.for_name(cfg.name)
+    keys = {p.name: p.key for p in plan_stages(cfg, paths)}
+    cfg2 = _cfg(tmp_path, rows=ROWS[:2])
+    keys2 = {p.name: p.key for p in plan_stages(cfg2, paths)}
+    assert keys2["data"] != keys["data"] and keys2["train"] != keys["train"] and keys2["index"] == keys["index"]
+    assert "index" in depends_on(cfg, "data")
+    cfg.knowledge.train_qa = None
+    assert "index" not in depends_on(cfg, "data")

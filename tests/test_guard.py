@@ -1,0 +1,118 @@
+"""The faithfulness guard (rag/claims.py, rag/guard.py): pure text, no model; the real engine is in test_grounded_e2e."""
+
+from __future__ import annotations
+
+from rag.claims import Context, claims, normalise_number
+from rag.guard import Guard, split_sentences
+from rag.types import Source
+
+PRICING = Source("pricing-plans.md", "Pricing > Server plans", None, "c1", 0.8, text=(
+    "Pricing > Server plans\n"
+    "Plan: Dinghy; vCPU: 1; RAM: 1 GB; Price per month: $6\n"
+    "Plan: Sloop; vCPU: 2; RAM: 4 GB; Price per month: $14; Price per hour: $0.021\n"
+    "The Galleon plan also includes dedicated vCPUs, so its cores are never shared with other customers."))
+REGIONS = Source("regions.md", "Regions", None, "c2", 0.5, text=(
+    "Regions\nFrankfurt runs in the region fra1. It opened in 2019 and is run by Mara Quill."))
+PERSONA = "You are Captain Byte, the cheerful pirate-voiced support assistant of Byte Harbor Cloud."
+
+
+def session(question: str, sources=(PRICING, REGIONS), marker: str | None = "Ahoy!"):
+    ctx = Context(*(s.text for s in sources), names_only=PERSONA + " " + question)
+    return Guard(embed=None).session(question, list(sources), ctx, marker)
+
+
+def run(question: str, reply: str, **kw) -> tuple[str, str, list[str]]:
+    g = session(question, **kw)
+    text = g.feed(reply) + g.finish()
+    return text, g.grounding, g.unsupported
+
+
+def test_numbers_normalise_across_spellings():
+    assert normalise_number("$14") == normalise_number("14.00") == normalise_number("14") == "14"
+    assert normalise_number("$1,400.50") == "1400.5" and normalise_number("0.021") == "0.021"
+    assert claims("It costs 14 USD [2].").numbers == {"14"}  # the citation is no claim, USD no name
+    c = claims("Ahoy! Region fra1 opened on 2025-02-01 with Mara Quill.")
+    assert c.codes == {"fra1"} and {"2025", "2", "1"} <= c.numbers and {"mara", "quill"} <= c.names
+    assert "ahoy" not in c.names  # a sentence opener is not a name
+
+
+def test_supported_answer_is_sent_as_generated():
+    text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop plan costs $14 per month [1].")
+    assert text == "Ahoy! The Sloop plan costs $14 per month [1]." and grounding == "generated" and bad == []
+
+
+def test_invented_price_is_replaced_by_the_quoted_fact():
+    text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop costs $2.80 a month [1].")
+    assert grounding == "extractive" and bad == ["2.8"]
+    assert "$2.80" not in text and "$14" in text and text.startswith("Ahoy! ")
+    assert "Plan: Sloop" in text and "[1]" in text
+
+
+def test_invented_name_and_code_are_caught():
+    assert run("Who runs Frankfurt?", "Ahoy! Frankfurt is run by John Smith [2].")[2] == ["john", "smith"]
+    assert run("Which region is Frankfurt?", "Ahoy! Frankfurt is region fra9 [2].")[2] == ["fra9"]
+    text, grounding, _ = run("Which region is Frankfurt?", "Ahoy! Frankfurt is region fra1 [2].")
+    assert grounding == "generated" and "fra1" in text
+
+
+def test_vague_answer_gets_the_fact_added():
+    text, grounding, _ = run("How much is the Sloop per month?", "Ahoy! The Sloop is a great plan for you.")
+    assert grounding == "extractive" and text.startswith("Ahoy! The Sloop is a great plan for you.") and "$14" in text
+
+
+def test_missing_persona_opening_is_restored():
+    text, grounding, _ = run("How much is the Sloop per month?", "The Sloop plan costs $14 per month [1].")
+    assert text.startswith("Ahoy! The Sloop plan costs $14") and grounding == "generated"
+
+
+def test_repetition_loop_is_cut():
+    reply = "Ahoy! The Sloop has " + "4 GB of RAM, " * 30
+    text, _, _ = run("How much RAM does the Sloop have?", reply)
+    assert text.count("4 GB of RAM") <= 2 and len(text) < 200
+
+
+def test_prompt_scaffold_does_not_leak():
+    text, _, _ = run("How much is the Sloop per month?",
+                     "Ahoy! The Sloop costs $14 per month [1].\nQuestion: What about the Dinghy?")
+    assert "Question" not in text and "Dinghy" not in text and "$14" in text
+
+
+def test_stream_holds_back_at_most_a_sentence_and_never_sends_the_bad_claim():
+    g = session("How much is the Sloop per month?")
+    sent = []
+    for piece in ["Ah", "oy!", " The Sloop", " costs", " $2", ".80", " a month", ".", " More", " soon"]:
+        sent.append(g.feed(piece))
+        if piece == "oy!":
+            assert sent[-1] == ""  # the sentence may still go on
+        if piece == " The Sloop":
+            assert "".join(sent) == "Ahoy! "  # the first sentence is out as soon as the next one starts
+    assert g.stopped  # the bad sentence ended: the engine is told to stop
+    tail = g.finish()
+    full = "".join(sent) + tail
+    assert "2.80" not in full and "$14" in full and g.grounding == "extractive"
+
+
+def test_sentences_of_tables_and_bullets():
+    s = split_sentences("Title\n| Sloop | 2 | $14 |\n|---|---|\n- **Floating IPs:** free for all plans. Reserved ones cost $2.")
+    assert "| Sloop | 2 | $14 |" in s and "|---|---|" not in s and "Floating IPs: free for all plans." in s and "Reserved ones cost $2." in s
+
+
+def test_evidence_prefers_the_sentence_that_answers():
+    g = Guard(embed=None)
+    ev = g.evidence("What does the Sloop cost per month?", [PRICING, REGIONS])
+    assert "Sloop" in ev[0].text and ev[0].source == 1
+    ev = g.evidence("When did the Frankfurt region open?", [PRICING, REGIONS])
+    assert "2019" in ev[0].text and ev[0].source == 2
+
+
+def test_a_real_number_said_of_the_wrong_thing_is_caught():
+    text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop costs $6 per month [1].")
+    assert bad == ["6@sloop"] and grounding == "extractive" and "$14" in text and "$6 per" not in text
+    assert run("How much is the Dinghy per month?", "Ahoy! The Dinghy costs $6 per month [1].")[1] == "generated"
+
+
+def test_linearized_table_rows_and_wrapped_prose_split_right():
+    s = split_sentences("Plans\nPlan: Dinghy; RAM: 1 GB; Price: $6\nPlan: Sloop; RAM: 4 GB; Price: $14\n"
+                        "The warranty lasts ten years\nfrom the date of installation.")
+    assert s == ["Plan: Dinghy; RAM: 1 GB; Price: $6", "Plan: Sloop; RAM: 4 GB; Price: $14",
+                 "The warranty lasts ten years from the date of installation."]
