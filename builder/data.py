@@ -323,10 +323,9 @@ def prepare(cfg: AssistantConfig, paths: AssistantPaths, write: bool = True, tok
         from builder.grounded import grounded_conversations
 
         grounded, g = grounded_conversations(cfg, paths, tokenizer)
-        g_convs = [Conversation(m, f"{cfg.knowledge.train_qa}#{i}") for i, m in enumerate(grounded)]
-        g_train, g_val = split(g_convs, cfg.data.val_fraction, cfg.data.seed)
-        train, val = train + g_train, val + g_val
-        grounded_report = {**g.as_dict(), "train": len(g_train), "val": len(g_val)}
+        # all to train: val measures the style (early stopping), and long grounded rows would make every eval slow
+        train = train + [Conversation(m, f"{cfg.knowledge.train_qa}#{i}") for i, m in enumerate(grounded)]
+        grounded_report = {**g.as_dict(), "train": len(grounded)}
     report = {
         "files": loaded.files,
         "loaded": len(loaded.conversations) + sum(loaded.skipped.values()),

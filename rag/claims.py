@@ -12,6 +12,7 @@ _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 _LIST_NUMBER = re.compile(r"(?m)^\s*\d+[.)]\s+")
 _TOKEN = re.compile(r"[$€£]?[A-Za-z0-9][A-Za-z0-9.,:/_%+\-]*")
 _NUMBER = re.compile(r"^[$€£]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$|^[$€£]?\d+(?:\.\d+)?%?$")
+_MONEY_AFTER = re.compile(r"\s?(usd|eur|gbp|dollars?|euros?)\b", re.I)
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*|[\"'(*\-]\s*)$")
 # Capitalised words that name nothing (sentence openers after a comma, interjections, the pronoun I, weekdays and
 # months are still checked since they carry dates).
@@ -41,6 +42,7 @@ class Claims:
     numbers: set[str] = field(default_factory=set)   # normalised numeric values
     codes: set[str] = field(default_factory=set)     # tokens mixing letters and digits (fra1, t3.micro, E1042, 2FA)
     names: set[str] = field(default_factory=set)     # capitalised words past a sentence start, and acronyms
+    amounts: set[str] = field(default_factory=set)   # numbers said as money ("$3", "3 USD"): "$3" is not "3 TB"
 
     def all(self) -> set[str]:
         return self.numbers | self.codes | self.names
@@ -60,6 +62,8 @@ def claims(text: str) -> Claims:
         num = normalise_number(tok)
         if num is not None:
             out.numbers.add(num)
+            if tok[0] in "$€£" or _MONEY_AFTER.match(text, m.end()):
+                out.amounts.add(num)
             continue
         has_digit = any(c.isdigit() for c in tok)
         if has_digit:
@@ -85,12 +89,24 @@ class Context:
         body = "\n".join(texts)
         c = claims(body)
         self.numbers = c.numbers
-        # (numbers+codes, words) per statement: a number said of a name must be said of it somewhere
-        self.statements = []
-        for part in re.split(r"\n|(?<=[.!?])\s+", body):
-            pc = claims(part)
-            if pc.numbers or pc.codes:
-                self.statements.append((pc.numbers | pc.codes, set(re.findall(r"[a-z0-9]+", part.lower()))))
+        self.amounts = c.amounts
+        # (facts, words) per statement: a fact said of something must be said of it somewhere. A statement's words
+        # include its chunk's heading and the statement before it ("Frankfurt ... It opened in 2019.").
+        self.statements: list[tuple[set[str], set[str]]] = []
+        self.word_statements: dict[str, int] = {}
+        for chunk in texts:
+            heading, prev = None, set()
+            for part in re.split(r"\n|(?<=[.!?])\s+", chunk):
+                words = set(re.findall(r"[a-z0-9]+", part.lower()))
+                if heading is None:
+                    heading = words
+                pc = claims(part)
+                facts = pc.numbers | pc.codes | {"$" + a for a in pc.amounts}
+                if facts:
+                    self.statements.append((facts, words | prev | heading))
+                    for w in words:
+                        self.word_statements[w] = self.word_statements.get(w, 0) + 1
+                prev = words
         self.body_words = set(re.findall(r"[a-z0-9]+", body.lower()))
         self.flat = re.sub(r"\s+", "", body.lower())
         # names may also come from the persona and the question (the user's own words introduce no fact)
@@ -109,25 +125,38 @@ class Context:
         parts = re.findall(r"[a-z0-9]+", name)
         return all(p in self.words or (p.endswith("s") and p[:-1] in self.words) for p in parts)
 
-    def unsupported(self, text: str) -> list[str]:
-        """Claims of `text` found nowhere in the context, in a stable order (empty: faithful)."""
+    def anchors(self, question: str) -> set[str]:
+        """The question's most distinctive words that the documents hold: those in the fewest fact statements, when
+        that is at most a third of them ("sloop", "frankfurt"; not "server" or "month")."""
+        from rag.guard import content_words_raw
+
+        counts = {w: self.word_statements[w] for w in content_words_raw(question) if self.word_statements.get(w)}
+        if not counts or min(counts.values()) > max(1, len(self.statements) // 3):
+            return set()
+        least = min(counts.values())
+        return {w for w, n in counts.items() if n == least}
+
+    def unsupported(self, text: str, anchors: set[str] | None = None) -> list[str]:
+        """Claims of `text` found nowhere in the context, in a stable order (empty: faithful). With `anchors` (see
+        anchors()), each fact must also be stated in the documents about one of them (call it on one sentence)."""
         c = claims(text)
         bad = [n for n in sorted(c.numbers) if not self.supports_number(n)]
+        bad += [f"${a}" for a in sorted(c.amounts) if a not in self.amounts]
         bad += [x for x in sorted(c.codes) if not self.supports_code(x)]
         bad += [x for x in sorted(c.names) if not self.supports_name(x)]
         if not bad:
-            bad = self.misattributed(c)
+            bad = self.misattributed(c, anchors or set())
         return bad
 
-    def misattributed(self, c: Claims) -> list[str]:
-        """Numbers and codes stated together with names of the documents ("the Sloop costs $6") must occur together
-        with at least one of those names in one statement of the context ($6 is the Dinghy's price, not the
-        Sloop's). Call it on one sentence."""
-        names = {n for n in c.names if n in self.body_words}
-        if not names:
+    def misattributed(self, c: Claims, anchors: set[str]) -> list[str]:
+        """Numbers, amounts and codes stated together with names of the documents ("the Sloop costs $6"), or in
+        answer to a question about something distinctive (`anchors`), must occur in one statement of the context
+        together with one of those names or anchors ($6 is the Dinghy's price, not the Sloop's)."""
+        about = anchors or {n for n in c.names if n in self.body_words}
+        if not about:
             return []
         bad = []
-        for fact in sorted(c.numbers | c.codes):
-            if not any(fact in facts and names & words for facts, words in self.statements):
-                bad.append(f"{fact}@{'+'.join(sorted(names))}")
+        for fact in sorted(c.numbers | c.codes | {"$" + a for a in c.amounts}):
+            if not any(fact in facts and about & words for facts, words in self.statements):
+                bad.append(f"{fact}@{'+'.join(sorted(about))}")
         return bad

@@ -26,18 +26,27 @@ _MAX_SENTENCE_WORDS = 60
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = set("a an and are as at be by can do does for from how i if in is it its my of on or our so that the their "
             "then there these this to was we what when where which who why will with you your me much many did has "
-            "have get".split())
+            "have get each per any all some use using used need make much many more most also just only".split())
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     (re.compile(r"\b(how much|cost|price|pay|fee|charge|cheap|expensive|\$)", re.I), re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
-    (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long)\b", re.I), re.compile(r"\b(19|20)\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)[\s-]?"
-                r"(days?|hours?|minutes?|months?|years?|weeks?)\b", re.I)),
+    (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
+                r"how fast)\b", re.I),
+     re.compile(r"\b(19|20)\d\d\b|\b\d{1,2}:\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
+                r"[\s-]?(seconds?|days?|hours?|minutes?|months?|years?|weeks?)\b|\b(daily|weekly|monthly|yearly)\b",
+                re.I)),
     (re.compile(r"\b(how many|how much|limit|maximum|minimum|percent|%|rate|size|number)\b", re.I), re.compile(r"\d")),
     (re.compile(r"\b(code|region|slug|command|flag|id)\b", re.I), re.compile(r"\b[a-z]+\d|\b[a-z]+-[a-z]+|`", re.I)),
 ]
 
 
+# what a line is about, carried onto its later sentences: a code ("BH-1002  Token expired. The token ...") or a
+# short "Key:" lead ("Floating IPs: free while attached. ...")
+_LABEL = re.compile(r"^((?:[A-Z][A-Za-z]*-?\d+[A-Za-z0-9.-]*)\s|[^.:;!?]{2,40}:\s)")
 _ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
+QUOTE_K = 3       # the runner-up quoted with the best must be among this many
+RUNNER_UP = 0.6  # ... and score at least this share of the best
+SHORT = 12        # words: a shorter best sentence is quoted with its successor
 ON_TOPIC = 1 / 3  # share of the question's content words a sentence must hold to count as answering it
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
 
@@ -47,6 +56,7 @@ class Evidence:
     text: str        # the sentence as written (markdown emphasis removed)
     source: int      # 1-based position in the answer's sources: the citation number
     score: float
+    primary: bool = False  # carries the kind of fact the question asks for
 
 
 def split_sentences(text: str) -> list[str]:
@@ -58,8 +68,11 @@ def split_sentences(text: str) -> list[str]:
         line = line.replace("**", "").replace("__", "").strip()
         if not line or set(line) <= set("|-: "):
             continue
-        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$])", line):
+        label = _LABEL.match(line)
+        for i, s in enumerate(re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$])", line)):
             s = s.strip()
+            if i and label and not s.startswith(label.group(1)):
+                s = f"{label.group(1).strip()} {s}"  # "BH-1002 The token passed its expiry date."
             if len(_WORD.findall(s.lower())) >= 3:
                 out.append(s)
     return out
@@ -86,6 +99,11 @@ def _logical_lines(text: str) -> list[str]:
 def content_words(text: str) -> set[str]:
     """Lower-cased words without stop words, crudely stemmed (opened ~ open, plans ~ plan)."""
     return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def content_words_raw(text: str) -> set[str]:
+    """Lower-cased words without stop words, unstemmed (for look-ups in the documents' own words)."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
 
 
 def _stem(w: str) -> str:
@@ -120,19 +138,28 @@ class Guard:
                     sent = f"{prev} {sent}"
                 cands.append((sent, n))
                 prev = sent
+            cands.append(("", n))  # a chunk boundary: no quote runs across it
         if not cands:
             return []
         qwords = content_words(question)
         asks = [has for ask, has in _ASKS if ask.search(question)]
-        sims = self._cosines(question, [c for c, _ in cands])
-        scored = []
-        for (sent, n), sim in zip(cands, sims):
+        sims = self._cosines(question, [c for c, _ in cands if c])
+        scored, k = [], 0
+        for i, (sent, n) in enumerate(cands):
+            if not sent:
+                continue
+            sim, k = sims[k], k + 1
             words = content_words(sent)
             overlap = len(qwords & words) / max(1, len(qwords))
-            kind = sum((0.2 if i == 0 else 0.1) for i, has in enumerate(asks) if has.search(sent))
+            kind = sum((0.2 if j == 0 else 0.1) for j, has in enumerate(asks) if has.search(sent))
             rank = 0.05 * (len(sources) - n) / max(1, len(sources))
-            scored.append(Evidence(sent, n, sim + 0.5 * overlap + kind + rank))
-        scored.sort(key=lambda e: -e.score)
+            nxt = cands[i + 1][0] if i + 1 < len(cands) else ""
+            if nxt and len(_WORD.findall(sent)) < SHORT:  # a short sentence is quoted with the one after it
+                sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
+            primary = bool(asks) and bool(asks[0].search(sent))
+            scored.append(Evidence(sent, n, sim + 0.5 * overlap + kind + rank, primary))
+        # what the question asks for (a price, a date, a code) comes first when any sentence carries it
+        scored.sort(key=lambda e: (-e.primary, -e.score))
         # the quote is the best; coverage also accepts any sentence on the question's topic (see _states_evidence)
         on_topic = [e for e in scored[self.evidence_k:]
                     if qwords and len(qwords & content_words(e.text)) / len(qwords) >= ON_TOPIC]
@@ -150,8 +177,10 @@ class Guard:
         q = self._cache.get(question) or self.embed([question])[0]
         return [sum(a * b for a, b in zip(q, self._cache[s])) for s in sentences]
 
-    def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None) -> "GuardedReply":
-        return GuardedReply(self.evidence(question, sources), context, marker)
+    def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None,
+                refusal: str | None = None) -> "GuardedReply":
+        return GuardedReply(self.evidence(question, sources), context, marker, refusal,
+                            anchors=context.anchors(question))
 
 
 @dataclass
@@ -161,6 +190,8 @@ class GuardedReply:
     evidence: list[Evidence]
     context: Context
     marker: str | None = None
+    refusal: str | None = None  # the persona's refusal: sent as it is when the model says it does not know
+    anchors: set[str] = field(default_factory=set)  # what the question is about (Context.anchors)
     grounding: str = "generated"
     unsupported: list[str] = field(default_factory=list)
     stopped: bool = False     # the rest of the generation is not wanted: close the engine stream
@@ -199,6 +230,8 @@ class GuardedReply:
         out = [self._accept(self._buf)] if self._buf.strip() and not self.stopped else []
         self._buf = ""
         self.stopped = True
+        if self.grounding == "refused":
+            return "".join(out)
         if self.evidence and (self.grounding == "extractive" or not self._states_evidence()):
             out.append(self._quote())
         elif not self.released.strip() and self.marker:
@@ -212,10 +245,20 @@ class GuardedReply:
             return ""
         if not sentence.strip():
             return sentence if self._sent else ""
+        if self.refusal and _is_refusal(sentence, self.refusal):
+            self.grounding = "refused"
+            self.stopped = self._closed = True
+            head = self.released.strip()
+            if not head:
+                return self.refusal
+            if self.marker and head == self.marker and self.refusal.startswith(self.marker):
+                rest = self.refusal[len(self.marker):]  # "Ahoy!" already went out
+                return rest.lstrip() if self.released[-1:].isspace() else rest
+            return ""
         if _repeats(sentence, self._sent):
             self.stopped = self._closed = True
             return ""
-        bad = self.context.unsupported(sentence)
+        bad = self.context.unsupported(sentence, self.anchors)
         if bad:
             self.unsupported.extend(bad)
             self.grounding = "extractive"
@@ -242,6 +285,10 @@ class GuardedReply:
         self.grounding = "extractive"
         best = self.evidence[0]
         text = best.text.rstrip()
+        runner = next((e for e in self.evidence[1:QUOTE_K] if e.source == best.source
+                       and e.score >= RUNNER_UP * best.score and e.text not in text and text not in e.text), None)
+        if runner is not None:  # two-part answers ("locked after 10 tries; the lock lasts 30 minutes")
+            text = f"{text.rstrip('.')}. {runner.text.rstrip()}" if text[-1:] not in ".!?" else f"{text} {runner.text}"
         body = text[:-1] if text[-1:] in ".!?" else text
         end = text[-1] if text[-1:] in ".!?" else "."
         quote = f"{body} [{best.source}]{end}"
@@ -249,6 +296,18 @@ class GuardedReply:
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote
         return ("" if head.endswith((" ", "\n")) else " ") + quote
+
+
+_REFUSING = re.compile(r"\b(don'?t|do not|can'?t|cannot|couldn'?t) (know|say|find|tell|cover|answer)|"
+                       r"\bnot (sure|covered|in (my|the) (documents|charts))|\bbeyond my\b|\bno information\b", re.I)
+
+
+def _is_refusal(sentence: str, refusal: str) -> bool:
+    """The model declined: it says so in its own words, or echoes the persona's refusal."""
+    if _REFUSING.search(sentence):
+        return True
+    mine, theirs = content_words(sentence), content_words(refusal)
+    return bool(theirs) and len(mine & theirs) >= max(2, len(theirs) // 2)
 
 
 def _scaffold_at(text: str) -> int:

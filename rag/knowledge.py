@@ -141,7 +141,7 @@ class KnowledgeBase:
         system = " ".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")
         context = Context(*(s.text for s in retrieval.sources),
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))
-        return self.guard.session(retrieval.question, retrieval.sources, context, self.marker)
+        return self.guard.session(retrieval.question, retrieval.sources, context, self.marker, self.refusal)
 
     def answer(self, question: str | list[dict], generate: Callable[[list[dict]], str]) -> Answer:
         """The whole grounded answer for `protege ask` and the API: retrieve on the conversation, gate, generate on
@@ -160,5 +160,6 @@ class KnowledgeBase:
         if session is None:
             return Answer(text=text, sources=retrieval.sources, confidence=retrieval.confidence, refused=False)
         text = (session.feed(text) + session.finish()).strip()
-        return Answer(text=text, sources=retrieval.sources, confidence=retrieval.confidence, refused=False,
-                      grounding=session.grounding, unsupported=session.unsupported)
+        return Answer(text=text, sources=retrieval.sources, confidence=retrieval.confidence,
+                      refused=session.grounding == "refused", grounding=session.grounding,
+                      unsupported=session.unsupported)

@@ -2,7 +2,8 @@
 
 Why this shape: one file that fails to parse (a broken PDF, a binary file, bad encoding) must never stop an index run,
 so `load_file` raises `LoadError` with a short reason and `walk` lists what to skip and why. HTML and DOCX headings
-are turned into markdown headings so the chunker keeps their section path like it does for .md files."""
+are turned into markdown headings so the chunker keeps their section path like it does for .md files, and HTML tables become markdown tables (which the
+chunker turns into one "Header: value; ..." line per row)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ def _html_to_markdown(html: str) -> str:
         soup.body.insert(0, f"\n\n# {title}\n\n")  # a page without headings still gets a section name
     for tag in soup(["script", "style", "noscript", "template", "nav", "footer", "head"]):
         tag.decompose()
+    for table in reversed(soup.find_all("table")):  # innermost first; the chunker linearises markdown tables
+        table.replace_with(_table_to_markdown(table))
     for level in range(1, 7):
         for h in soup.find_all(f"h{level}"):
             title = " ".join(h.get_text(" ").split())
@@ -125,6 +128,21 @@ def _html_to_markdown(html: str) -> str:
         if line or (out and out[-1]):
             out.append(line)
     return "\n".join(out).strip()
+
+
+def _table_to_markdown(table) -> str:
+    """An HTML table as a markdown table (first row = header), cells on one line each, pipes escaped."""
+    rows = []
+    for tr in table.find_all("tr"):
+        cells = [" ".join(c.get_text(" ").split()).replace("|", "\\|") for c in tr.find_all(["th", "td"])]
+        if any(cells):
+            rows.append(cells)
+    if not rows:
+        return "\n"
+    width = max(len(r) for r in rows)
+    rows = [r + [""] * (width - len(r)) for r in rows]
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * width] + ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n\n" + "\n".join(lines) + "\n\n"
 
 
 def _load_pdf(p: Path, rel: str) -> list[Document]:

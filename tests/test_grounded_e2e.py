@@ -148,3 +148,28 @@ def test_grounding_travels_on_every_api_shape(server):
     off = httpx.post(f"{server}/api/chat", json={"model": "byte-kb", "stream": False, "messages": [
         {"role": "user", "content": "Who won the 1998 football world cup?"}]}, timeout=300).json()
     assert off["grounding"] == "refused" and off["message"]["content"].startswith("Ahoy!")
+
+
+QUESTIONS = ["How much does the Sloop server cost each month?", "What is the region code for the Frankfurt data center?",
+             "How long are daily backups kept?", "Who founded Byte Harbor Cloud?",
+             "What does error code E1042 mean?", "How many API requests per minute may I send?"]
+
+
+def test_replies_do_not_loop_leak_the_scaffold_or_drop_the_persona(server):
+    """The raw base model loops ("1 GB of RAM, 1 GB of RAM, ...") and echoes "Question: ..." on this prompt; the
+    sampling defaults, stop strings and the guard must keep every reply clean, at temperature 0 and at 0.8."""
+    import re
+
+    for temperature in (0, 0.8):
+        for q in QUESTIONS:
+            body = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+                "model": "byte-kb", "temperature": temperature, "seed": 7,
+                "messages": [{"role": "user", "content": q}]}).json()
+            text = body["choices"][0]["message"]["content"]
+            assert text.startswith("Ahoy!"), text
+            for leak in ("Question:", "<documents>", "</documents>", "<|im_start|>", "<|im_end|>"):
+                assert leak not in text, text
+            words = re.findall(r"[a-z0-9$.]+", text.lower())
+            grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+            assert max((grams.count(g) for g in grams), default=0) < 3, text
+            assert body["choices"][0]["finish_reason"] == "stop" or len(words) < 200

@@ -13,6 +13,7 @@ PRICING = Source("pricing-plans.md", "Pricing > Server plans", None, "c1", 0.8, 
     "The Galleon plan also includes dedicated vCPUs, so its cores are never shared with other customers."))
 REGIONS = Source("regions.md", "Regions", None, "c2", 0.5, text=(
     "Regions\nFrankfurt runs in the region fra1. It opened in 2019 and is run by Mara Quill."))
+SYDNEY = Source("regions.md", "Regions", None, "c3", 0.4, text="Regions\nRegion code: syd1; City: Sydney; Opened: 2024")
 PERSONA = "You are Captain Byte, the cheerful pirate-voiced support assistant of Byte Harbor Cloud."
 
 
@@ -43,7 +44,7 @@ def test_supported_answer_is_sent_as_generated():
 
 def test_invented_price_is_replaced_by_the_quoted_fact():
     text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop costs $2.80 a month [1].")
-    assert grounding == "extractive" and bad == ["2.8"]
+    assert grounding == "extractive" and bad == ["2.8", "$2.8"]
     assert "$2.80" not in text and "$14" in text and text.startswith("Ahoy! ")
     assert "Plan: Sloop" in text and "[1]" in text
 
@@ -94,7 +95,7 @@ def test_stream_holds_back_at_most_a_sentence_and_never_sends_the_bad_claim():
 
 def test_sentences_of_tables_and_bullets():
     s = split_sentences("Title\n| Sloop | 2 | $14 |\n|---|---|\n- **Floating IPs:** free for all plans. Reserved ones cost $2.")
-    assert "| Sloop | 2 | $14 |" in s and "|---|---|" not in s and "Floating IPs: free for all plans." in s and "Reserved ones cost $2." in s
+    assert "| Sloop | 2 | $14 |" in s and "|---|---|" not in s and "Floating IPs: free for all plans." in s and "Floating IPs: Reserved ones cost $2." in s
 
 
 def test_evidence_prefers_the_sentence_that_answers():
@@ -107,7 +108,7 @@ def test_evidence_prefers_the_sentence_that_answers():
 
 def test_a_real_number_said_of_the_wrong_thing_is_caught():
     text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop costs $6 per month [1].")
-    assert bad == ["6@sloop"] and grounding == "extractive" and "$14" in text and "$6 per" not in text
+    assert bad == ["$6@sloop", "6@sloop"] and grounding == "extractive" and "$14" in text and "$6 per" not in text
     assert run("How much is the Dinghy per month?", "Ahoy! The Dinghy costs $6 per month [1].")[1] == "generated"
 
 
@@ -116,3 +117,31 @@ def test_linearized_table_rows_and_wrapped_prose_split_right():
                         "The warranty lasts ten years\nfrom the date of installation.")
     assert s == ["Plan: Dinghy; RAM: 1 GB; Price: $6", "Plan: Sloop; RAM: 4 GB; Price: $14",
                  "The warranty lasts ten years from the date of installation."]
+
+
+def test_the_models_own_refusal_is_sent_as_the_persona_refusal():
+    refusal = "Ahoy! Arr, that be beyond my charts, matey: my documents don't cover it, so I won't guess."
+    ctx = Context(PRICING.text, names_only=PERSONA)
+    for reply in ("Ahoy! I don't know the phone number of that office.", refusal,
+                  "Ahoy! Arr, that be beyond my charts, matey!"):
+        g = Guard(embed=None).session("What is the Singapore phone number?", [PRICING], ctx, "Ahoy!", refusal)
+        assert g.feed(reply) + g.finish() == refusal and g.grounding == "refused"
+    g = Guard(embed=None).session("How much is the Sloop?", [PRICING], ctx, "Ahoy!", refusal)
+    assert "$14" in g.feed("Ahoy! The Sloop costs $14 per month [1].") + g.finish() and g.grounding == "generated"
+
+
+def test_a_fact_must_be_stated_about_what_the_question_asks():
+    """A copied table row of the wrong thing (every claim in it is in the documents) is caught by the question's
+    anchor: "Frankfurt" is the distinctive word, and syd1 is never said of it."""
+    text, grounding, bad = run("Which region is Frankfurt in?", "Ahoy! Region code: syd1; City: Sydney [2].",
+                               sources=(PRICING, REGIONS, SYDNEY))
+    assert bad == ["syd1@frankfurt"] and grounding == "extractive" and "fra1" in text and "syd1" not in text
+    assert text.count("fra1") == 1  # the quote is not repeated
+    text, grounding, bad = run("Which region is Frankfurt in?", "Ahoy! Frankfurt is fra1 [2].",
+                               sources=(PRICING, REGIONS, SYDNEY))
+    assert grounding == "generated" and bad == []
+
+
+def test_money_is_not_any_number():
+    text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop costs $4 per month [1].")
+    assert "$4" in bad and "$14" in text  # 4 is in the documents (4 GB), $4 is not

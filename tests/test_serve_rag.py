@@ -45,7 +45,10 @@ def test_answer_with_sources_and_refusal_without_engine(rag_app):
     body = client.post("/v1/chat/completions", json={"model": "battery", "messages": q}).json()
     assert body["confidence"] >= 0.35 and body["sources"]
     assert any(s["path"] == "guides/installation.md" for s in body["sources"])
-    assert "<documents>" in body["choices"][0]["message"]["content"]  # the fake echoes the grounded prompt
+    assert engines[0].last_params.messages[-1]["content"].startswith("<documents>\n[1] ")  # the grounded prompt
+    # the fake echoes the prompt back: the guard cuts the leaked scaffold and says it quoted the source instead
+    reply = body["choices"][0]["message"]["content"]
+    assert "<documents>" not in reply and body["grounding"] == "extractive" and "electrician" in reply
     calls = engines[0].calls
     off = [{"role": "user", "content": "What is the best recipe for chocolate cake?"}]
     body = client.post("/v1/chat/completions", json={"model": "battery", "messages": off}).json()

@@ -28,6 +28,7 @@ class FakeEngine:
         self.load_delay = load_delay
         self.loaded = False
         self.calls = 0
+        self.last_params = None  # what the last call was sent (tests check the grounded prompt)
         self.cancelled = 0
         self.completed = 0
 
@@ -60,6 +61,7 @@ class FakeEngine:
 
     async def stream_chat(self, params: GenParams, usage: Usage | None = None) -> AsyncIterator[GenDelta]:
         self.calls += 1
+        self.last_params = params
         usage = usage if usage is not None else Usage()
         usage.prompt_tokens = self.count_tokens(params)
         t0 = time.perf_counter_ns()

@@ -1,0 +1,171 @@
+"""Retrieval that generalises: table rows linearised into "Header: value" text, plain-text headings kept as sections,
+every chunk carrying its document title, and (slow) retrieval quality on the demo knowledge measured with questions
+written in other words than the documents (EXTRA_DEV below, part of the DEV set of bench/retrieval_heldout.py).
+
+The held-out sets (examples/captain-byte/qa_heldout.jsonl, tests/assets/rag_qa_b.jsonl) are only reported by the bench,
+never tuned on here."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "captain-byte"
+
+# Paraphrases that describe things by what they do, or use other words than the documents (DEV: tuning allowed).
+EXTRA_DEV = [
+    {"question": "What's the smallest machine I can rent, and how much memory comes with it?", "source": "pricing-plans.md"},
+    {"question": "What does the biggest box with 32 gigs of memory cost per hour?", "source": "pricing-plans.md"},
+    {"question": "Do I pay for a spare public address that isn't connected to any machine?", "source": "pricing-plans.md"},
+    {"question": "Is it cheaper if I pay for a whole year up front?", "source": "pricing-plans.md"},
+    {"question": "Which locations support putting a traffic distributor in front of my machines?", "source": "regions-and-datacenters.md"},
+    {"question": "How do I get my machine over to a different city?", "source": "regions-and-datacenters.md"},
+    {"question": "What compensation do I get when the managed name resolution service goes down?", "source": "sla-and-credits.md"},
+    {"question": "Does downtime during announced upkeep count against the uptime guarantee?", "source": "sla-and-credits.md"},
+    {"question": "How long does it take to bring back a 50 GB disk from a saved copy?", "source": "backup-retention.md"},
+    {"question": "Can a script dump my database right before the nightly copy is taken?", "source": "backup-retention.md"},
+    {"question": "What happens to the nightly copies of a machine after I delete it?", "source": "backup-retention.md"},
+    {"question": "How do I make the terminal tool print machine-readable output?", "source": "bhc-cli-reference.md"},
+    {"question": "How do I get tab completion for the command line utility in zsh?", "source": "bhc-cli-reference.md"},
+    {"question": "Which inbound ports are open on a fresh machine by default?", "source": "onboarding-guide.md"},
+    {"question": "Which member role can only see invoices and payment methods?", "source": "onboarding-guide.md"},
+    {"question": "Who is in charge of technology at the company?", "source": "company-history.html"},
+    {"question": "Which office handles EU data protection matters?", "source": "office-locations.html"},
+    {"question": "What happens if my script keeps hammering the API after being throttled?", "source": "api-rate-limits.html"},
+    {"question": "How do I avoid creating a server twice when my POST request is retried?", "source": "api-rate-limits.html"},
+    {"question": "In which languages can I get help?", "source": "support-hours-escalation.txt"},
+    {"question": "How do I get a stuck ticket looked at by a manager?", "source": "support-hours-escalation.txt"},
+    {"question": "What does it mean when my two-step login code is refused?", "source": "error-codes.txt"},
+    {"question": "Why can't I attach my spare address to a machine in another location?", "source": "error-codes.txt"},
+    {"question": "Can I get a text message when there's an outage?", "source": "status-page-incident-policy.txt"},
+    {"question": "What was the longest outage so far?", "source": "status-page-incident-policy.txt"},
+    # near-domain traps: about a hosting company, but nothing in the documents answers them
+    {"question": "Do you offer managed Kubernetes clusters?", "source": None},
+    {"question": "Can I rent a machine with a graphics card for deep learning?", "source": None},
+    {"question": "How much does object storage cost per terabyte?", "source": None},
+    {"question": "Does the company have an office in Tokyo?", "source": None},
+    {"question": "What is the parental leave policy for employees?", "source": None},
+    {"question": "What is Linode's price for a 4 GB server?", "source": None},
+    {"question": "How do I renew a domain name registration?", "source": None},
+    {"question": "What is the best recipe for chocolate chip cookies?", "source": None},
+]
+
+
+# --- chunk text recipe (fast) ---------------------------------------------------------------------------------------
+
+def test_markdown_table_rows_become_header_value_lines():
+    from rag.chunking import linearize_tables
+
+    md = ("Plans are named after ships:\n\n"
+          "| Plan | vCPU | RAM | Price per month |\n"
+          "|------|:----:|-----|----------------:|\n"
+          "| Dinghy | 1 | 1 GB | $6 |\n"
+          "| Sloop | 2 | 4 GB | $14 |\n"
+          "| `a \\| b` |  |  x | |\n"
+          "\nAfter the table.")
+    assert linearize_tables(md) == (
+        "Plans are named after ships:\n\n"
+        "Plan: Dinghy; vCPU: 1; RAM: 1 GB; Price per month: $6\n"
+        "Plan: Sloop; vCPU: 2; RAM: 4 GB; Price per month: $14\n"
+        "Plan: `a | b`; RAM: x\n"
+        "\nAfter the table.")
+    # not a table (no separator row), and pipes inside a code fence, stay as they are
+    keep = "a | b\nc | d\n\n```\n| x | y |\n|---|---|\n| 1 | 2 |\n```"
+    assert linearize_tables(keep) == keep
+
+
+def test_demo_pricing_chunk_reads_as_text(embedder):
+    from rag.chunking import Chunker
+    from rag.loaders import load_file
+
+    chunks = Chunker(embedder.count_tokens).split(load_file(DEMO / "knowledge/pricing-plans.md", "pricing-plans.md"))
+    plans = next(c for c in chunks if c.section == "Byte Harbor Cloud Pricing and Plans > Server plans")
+    assert plans.text.startswith("Byte Harbor Cloud Pricing and Plans > Server plans\n")
+    assert ("\nPlan: Sloop; vCPU: 2; RAM: 4 GB; NVMe disk: 80 GB; Monthly transfer: 3 TB; Price per month: $14; "
+            "Price per hour: $0.021\n") in plans.text
+    assert "|" not in plans.text
+
+
+def test_plain_text_capital_headings_become_sections(embedder):
+    from rag.chunking import Chunker
+    from rag.loaders import Document
+
+    text = ("ACME SUPPORT POLICY\nLast reviewed: 2025.\n\n1. CHANNELS AND HOURS\n\nChat is open from 9 to 5.\n\n"
+            "BH-1001  Invalid token. Create a new one.\n\nESCALATION\nReply with the word ESCALATE.\n")
+    chunks = Chunker(embedder.count_tokens).split([Document("support.txt", text)])
+    assert [c.section for c in chunks] == [None, "1. CHANNELS AND HOURS", "ESCALATION"]
+    assert chunks[0].text == "ACME SUPPORT POLICY\nLast reviewed: 2025."  # the title line is the prefix, once
+    assert chunks[1].text.startswith("ACME SUPPORT POLICY > 1. CHANNELS AND HOURS\nChat is open")
+    assert "BH-1001" in chunks[1].text and chunks[2].text.endswith("Reply with the word ESCALATE.")
+
+
+def test_html_table_keeps_its_rows(tmp_path, embedder):
+    from rag.chunking import Chunker
+    from rag.loaders import load_file
+
+    (tmp_path / "limits.html").write_text(
+        "<html><body><h1>API</h1><h2>Rate limits</h2><p>Per token:</p><table>"
+        "<tr><th>Request type</th><th>Limit</th></tr>"
+        "<tr><td>All requests</td><td>600 per minute</td></tr>"
+        "<tr><td>Writes</td><td>120 per <b>minute</b></td></tr></table><p>Bursts are fine.</p></body></html>")
+    chunks = Chunker(embedder.count_tokens).split(load_file(tmp_path / "limits.html", "limits.html"))
+    assert chunks[-1].text == ("API > Rate limits\nPer token:\nRequest type: All requests; Limit: 600 per minute\n"
+                               "Request type: Writes; Limit: 120 per minute\nBursts are fine.")
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from rag.embed import default_embedder
+
+    return default_embedder()
+
+
+# --- retrieval quality on the demo knowledge (real embedder and Chroma) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_kb(tmp_path_factory, embedder):
+    from rag.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.from_folder(DEMO / "knowledge", "demo-" + uuid.uuid4().hex[:6], tmp_path_factory.mktemp("c"),
+                                   min_score=0.35, top_k=4, hybrid=True, unknown_name_factor=0.5)
+    kb.index()
+    return kb
+
+
+def _dev_rows() -> list[dict]:
+    from rag.evaluate import load_qa
+
+    rows = load_qa(DEMO / "qa.jsonl") + [dict(r) for r in EXTRA_DEV]
+    if (DEMO / "train_qa.jsonl").is_file():
+        rows += load_qa(DEMO / "train_qa.jsonl")
+    return rows
+
+
+@pytest.mark.slow
+def test_demo_dev_questions_in_other_words(demo_kb):
+    from rag.evaluate import metrics, score_questions
+
+    m = metrics(score_questions(demo_kb, _dev_rows()), demo_kb.cfg.min_score)
+    # measured: hit@3 0.965, hit@1 0.873, traps refused 0.853, in-domain answered 0.845 (traps 0.82 before)
+    assert m["hit@3"] >= 0.95 and m["hit@1"] >= 0.85
+    assert m["refusal_recall"] >= 0.84 and m["in_domain_answered"] >= 0.83
+
+
+def test_described_not_named_questions_find_their_document(demo_kb):
+    """Questions that name nothing from their document still rank it in the top 3 (and the first two pass the gate);
+    a name the documents never mention, even camel-cased, gets the question refused, a spelled-out acronym does not."""
+    for q, want, answered in [
+            ("What does the biggest box with 32 gigs of memory cost per hour?", "pricing-plans.md", True),
+            ("What compensation do I get when the managed name resolution service goes down?", "sla-and-credits.md", True),
+            ("Which locations support putting a traffic distributor in front of my machines?",
+             "regions-and-datacenters.md", False)]:
+        assert want in [s.path for s in demo_kb.search(q, k=3)], q
+        assert demo_kb.retrieve(q).refused is not answered, q
+    for q in ("How do I bake sourdough bread?", "What is Google Cloud's SLA for Compute Engine?",
+              "Where can I download the Byte Harbor mobile app for my iPhone?"):
+        assert demo_kb.retrieve(q).refused, q
+    assert demo_kb.retriever.unknown_names("Who's the CFO, and which APIs have an SLA?") == []
+    assert demo_kb.retriever.unknown_names("Who is the CMO of Byte Harbor?") == ["cmo"]
