@@ -206,7 +206,8 @@ class Service:
             await agen.aclose()
             prep.release()
             if guards:
-                prep.grounding = "extractive" if any(g.grounding == "extractive" for g in guards.values()) \
+                kinds = {g.grounding for g in guards.values()}
+                prep.grounding = "extractive" if "extractive" in kinds else "refused" if kinds == {"refused"} \
                     else "generated"
             if self.metrics:
                 end = time.perf_counter()
