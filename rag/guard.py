@@ -44,6 +44,7 @@ _ASKS = [
 # short "Key:" lead ("Floating IPs: free while attached. ...")
 _LABEL = re.compile(r"^((?:[A-Z][A-Za-z]*-?\d+[A-Za-z0-9.-]*)\s|[^.:;!?]{2,40}:\s)")
 _ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
+RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sentence's cosine
 QUOTE_K = 3       # the runner-up quoted with the best must be among this many
 RUNNER_UP = 0.6  # ... and score at least this share of the best
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
@@ -152,7 +153,7 @@ class Guard:
             words = content_words(sent)
             overlap = len(qwords & words) / max(1, len(qwords))
             kind = sum((0.2 if j == 0 else 0.1) for j, has in enumerate(asks) if has.search(sent))
-            rank = 0.05 * (len(sources) - n) / max(1, len(sources))
+            rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
             nxt = cands[i + 1][0] if i + 1 < len(cands) else ""
             if nxt and len(_WORD.findall(sent)) < SHORT:  # a short sentence is quoted with the one after it
                 sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
@@ -288,7 +289,7 @@ class GuardedReply:
         runner = next((e for e in self.evidence[1:QUOTE_K] if e.source == best.source
                        and e.score >= RUNNER_UP * best.score and e.text not in text and text not in e.text), None)
         if runner is not None:  # two-part answers ("locked after 10 tries; the lock lasts 30 minutes")
-            text = f"{text.rstrip('.')}. {runner.text.rstrip()}" if text[-1:] not in ".!?" else f"{text} {runner.text}"
+            text = f"{text} {runner.text.rstrip()}" if text[-1:] in ".!?;:" else f"{text}. {runner.text.rstrip()}"
         body = text[:-1] if text[-1:] in ".!?" else text
         end = text[-1] if text[-1:] in ".!?" else "."
         quote = f"{body} [{best.source}]{end}"
