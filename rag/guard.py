@@ -287,7 +287,8 @@ class GuardedReply:
         best = self.evidence[0]
         text = best.text.rstrip()
         runner = next((e for e in self.evidence[1:QUOTE_K] if e.source == best.source
-                       and e.score >= RUNNER_UP * best.score and e.text not in text and text not in e.text), None)
+                       and e.score >= RUNNER_UP * best.score and e.text not in text and text not in e.text
+                       and not (_ROW.match(text) and _ROW.match(e.text))), None)  # sibling rows: alternatives
         if runner is not None:  # two-part answers ("locked after 10 tries; the lock lasts 30 minutes")
             text = f"{text} {runner.text.rstrip()}" if text[-1:] in ".!?;:" else f"{text}. {runner.text.rstrip()}"
         body = text[:-1] if text[-1:] in ".!?" else text

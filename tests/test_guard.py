@@ -145,3 +145,8 @@ def test_a_fact_must_be_stated_about_what_the_question_asks():
 def test_money_is_not_any_number():
     text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop costs $4 per month [1].")
     assert "$4" in bad and "$14" in text  # 4 is in the documents (4 GB), $4 is not
+
+
+def test_a_quoted_table_row_comes_alone():
+    text, grounding, _ = run("How much is the Sloop per hour?", "Ahoy! It is cheap.")
+    assert grounding == "extractive" and "$0.021" in text and "Dinghy" not in text
