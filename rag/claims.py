@@ -37,6 +37,17 @@ def strip_scaffold(text: str) -> str:
     return _LIST_NUMBER.sub("", _CITATION.sub(" ", text))
 
 
+WORD = re.compile(r"[a-z0-9]+")
+STOP_WORDS = set("a an and are as at be by can do does for from how i if in is it its my of on or our so that the their "
+            "then there these this to was we what when where which who why will with you your me much many did has "
+            "have get each per any all some use using used need make much many more most also just only".split())
+
+
+def content_words_raw(text: str) -> set[str]:
+    """Lower-cased words without stop words, unstemmed (for look-ups in the documents' own words)."""
+    return {w for w in WORD.findall(text.lower()) if w not in STOP_WORDS and len(w) > 2}
+
+
 @dataclass
 class Claims:
     numbers: set[str] = field(default_factory=set)   # normalised numeric values
@@ -128,8 +139,6 @@ class Context:
     def anchors(self, question: str) -> set[str]:
         """The question's most distinctive words that the documents hold: those in the fewest fact statements, when
         that is at most a third of them ("sloop", "frankfurt"; not "server" or "month")."""
-        from rag.guard import content_words_raw
-
         counts = {w: self.word_statements[w] for w in content_words_raw(question) if self.word_statements.get(w)}
         if not counts or min(counts.values()) > max(1, len(self.statements) // 3):
             return set()

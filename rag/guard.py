@@ -17,16 +17,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rag.claims import Claims, Context, claims, strip_scaffold
+from rag.claims import STOP_WORDS, WORD, Claims, Context, claims, strip_scaffold
 from rag.types import Source
 
 SCAFFOLD = ("Question:", "<documents>", "</documents>", "<|im_start|>", "<|im_end|>", "\nUser:", "\nuser\n")
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 _MAX_SENTENCE_WORDS = 60
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = set("a an and are as at be by can do does for from how i if in is it its my of on or our so that the their "
-            "then there these this to was we what when where which who why will with you your me much many did has "
-            "have get each per any all some use using used need make much many more most also just only".split())
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     (re.compile(r"\b(how much|cost|price|pay|fee|charge|cheap|expensive|\$)", re.I), re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
@@ -74,7 +70,7 @@ def split_sentences(text: str) -> list[str]:
             s = s.strip()
             if i and label and not s.startswith(label.group(1)):
                 s = f"{label.group(1).strip()} {s}"  # "BH-1002 The token passed its expiry date."
-            if len(_WORD.findall(s.lower())) >= 3:
+            if len(WORD.findall(s.lower())) >= 3:
                 out.append(s)
     return out
 
@@ -99,12 +95,7 @@ def _logical_lines(text: str) -> list[str]:
 
 def content_words(text: str) -> set[str]:
     """Lower-cased words without stop words, crudely stemmed (opened ~ open, plans ~ plan)."""
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP}
-
-
-def content_words_raw(text: str) -> set[str]:
-    """Lower-cased words without stop words, unstemmed (for look-ups in the documents' own words)."""
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
+    return {_stem(w) for w in WORD.findall(text.lower()) if w not in STOP_WORDS}
 
 
 def _stem(w: str) -> str:
@@ -155,7 +146,7 @@ class Guard:
             kind = sum((0.2 if j == 0 else 0.1) for j, has in enumerate(asks) if has.search(sent))
             rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
             nxt = cands[i + 1][0] if i + 1 < len(cands) else ""
-            if nxt and len(_WORD.findall(sent)) < SHORT:  # a short sentence is quoted with the one after it
+            if nxt and len(WORD.findall(sent)) < SHORT:  # a short sentence is quoted with the one after it
                 sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
             primary = bool(asks) and bool(asks[0].search(sent))
             scored.append(Evidence(sent, n, sim + 0.5 * overlap + kind + rank, primary))
@@ -318,7 +309,7 @@ def _scaffold_at(text: str) -> int:
 
 
 def _norm(s: str) -> str:
-    return " ".join(_WORD.findall(s.lower()))
+    return " ".join(WORD.findall(s.lower()))
 
 
 def _repeats(sentence: str, sent: list[str]) -> bool:
@@ -327,7 +318,7 @@ def _repeats(sentence: str, sent: list[str]) -> bool:
 
 
 def _looping(text: str, n: int = 3, times: int = 3) -> bool:
-    words = _WORD.findall(text.lower())
+    words = WORD.findall(text.lower())
     grams: dict[tuple, int] = {}
     for i in range(len(words) - n + 1):
         g = tuple(words[i:i + n])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from serve.engines.base import (ContextLengthExceeded, Engine, EngineUnavailable, GenDelta, GenParams, ModelNotFound,
