@@ -12,7 +12,7 @@ from protege.config import AssistantConfig
 from protege.paths import AssistantPaths
 
 
-def evaluate_answers(kb, cfg: AssistantConfig, qa: list[dict], progress: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_answers(kb, cfg: AssistantConfig | None, qa: list[dict], progress: bool = False) -> tuple[dict, list[dict]]:
     """(metrics, per-question detail) for the QA rows (see rag/evaluate.load_qa for their fields)."""
     from protege.llm import LocalLLM
     from rag.evaluate import answer_holds, answer_metrics

@@ -14,7 +14,12 @@ class LocalLLM:
     """`generate(messages) -> str` over the assistant's GGUF; the model loads on the first call (a refusal never
     loads it) and stays loaded for the next questions."""
 
-    def __init__(self, cfg: AssistantConfig, max_tokens: int | None = None, temperature: float = 0.0):
+    def __init__(self, cfg: AssistantConfig | None, max_tokens: int | None = None, temperature: float = 0.0):
+        """`cfg` None (a bare knowledge folder, `--folder`): the embedded base model answers."""
+        if cfg is None:
+            from protege.config_file import config_from_dict
+
+            cfg = config_from_dict({"name": "knowledge"}, source="--folder")
         self.cfg, self.max_tokens, self.temperature = cfg, max_tokens, temperature
         self._engine: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None

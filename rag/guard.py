@@ -191,6 +191,10 @@ class GuardedReply:
     _sent: list[str] = field(default_factory=list)
     _closed: bool = False     # a sentence was refused: nothing after it is sent
 
+    def fresh(self) -> "GuardedReply":
+        """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
+        return GuardedReply(self.evidence, self.context, self.marker, self.refusal, anchors=self.anchors)
+
     @property
     def released(self) -> str:
         return "".join(self._sent)

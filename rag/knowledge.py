@@ -110,13 +110,8 @@ class KnowledgeBase:
     def retrieve_conversation(self, messages: list[dict]) -> Retrieval:
         """Retrieve for the last user turn; a follow-up ("and per year?") is also searched together with the recent
         user turns, and the better-scoring of the two is kept (then gated as usual)."""
-        queries = search_queries(messages, self.cfg.follow_up_turns)
-        best = None
-        for q in queries:
-            r = self.retrieve(q)
-            if best is None or r.confidence > best.confidence:
-                best = r
-        return best
+        tries = [self.retrieve(q) for q in search_queries(messages, self.cfg.follow_up_turns)]
+        return max(tries, key=lambda r: r.confidence)  # the first on a tie: the last turn alone
 
     def build_messages(self, messages: list[dict], retrieval: Retrieval) -> list[dict]:
         """The grounded chat messages for the LLM (rag/grounding.py decides the layout, for serving and training)."""

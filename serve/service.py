@@ -101,7 +101,7 @@ class Prepared:
     confidence: float | None = None
     admission: Any = None
     grounding: str | None = None          # generated | extractive | refused (RAG answers only)
-    guard_factory: Callable[[], Any] | None = None   # a GuardedReply per choice (rag/guard.py)
+    guard_factory: Callable[[], Any] | None = None   # a fresh GuardedReply per choice (rag/guard.py); None: no guard
 
     def release(self) -> None:
         """Give the admission slot back (idempotent: the stream's finally and the response's background both call)."""
@@ -155,9 +155,11 @@ class Service:
                 if self.metrics:
                     self.metrics.rag_refusals.labels(spec.id).inc()
                 return prep
-            asked = params.messages
+            # the guard's evidence embeds the sources' sentences: do it here, in a thread, not on the event loop
+            session = await asyncio.to_thread(kb.guard_session, params.messages, retrieval)
+            if session is not None:
+                prep.guard_factory = session.fresh
             params.messages = kb.build_messages(params.messages, retrieval)
-            prep.guard_factory = lambda: kb.guard_session(asked, retrieval)
             prep.grounding = "generated"
             rag_sampling_defaults(params, engine)
         limit = min(ctx_limit or engine.context_length, engine.context_length)
@@ -189,12 +191,9 @@ class Service:
                 if prep.guard_factory is None:
                     yield d
                     continue
-                g = guards.get(d.index) or prep.guard_factory()
-                if g is None:  # knowledge.guard is off
-                    prep.guard_factory = None
-                    yield d
-                    continue
-                guards[d.index] = g
+                g = guards.get(d.index)
+                if g is None:
+                    g = guards[d.index] = prep.guard_factory()
                 text = g.feed(d.text)
                 if g.stopped or d.finish_reason:
                     yield GenDelta(text + g.finish(), d.index, d.finish_reason or "stop")
@@ -217,8 +216,8 @@ class Service:
 
 
 def rag_sampling_defaults(params: GenParams, engine: Engine) -> None:
-    """A grounded answer must not loop or leak the prompt scaffold: stop on the scaffold's markers, cap the length
-    when the client set none (the caller caps it to the context's room), and penalise repeats unless the client chose its own penalties."""
+    """A grounded answer must not loop or leak the prompt scaffold: stop on the scaffold's markers and penalise repeats
+    unless the client chose its own penalties (the length cap, RAG_MAX_TOKENS, needs the prompt's size: callers)."""
     from rag.guard import SCAFFOLD
 
     params.stop = list(dict.fromkeys([*params.stop, *(s.strip("\n") for s in SCAFFOLD[:3])]))

@@ -46,11 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from protege.llm import LocalLLM
 
-    if cfg is None:  # --folder mode: the embedded base model answers
-        from protege.config_file import config_from_dict
-
-        cfg = config_from_dict({"name": "knowledge"}, source="--folder")
-    llm = LocalLLM(cfg, args.max_tokens)
+    llm = LocalLLM(cfg, args.max_tokens)  # cfg None (--folder): the embedded base model
     try:
         ans = kb.answer(args.question, llm)
     finally:

@@ -73,10 +73,6 @@ def run(args: argparse.Namespace) -> int:
 def _answers(args: argparse.Namespace, kb, cfg, qa: list[dict]) -> int:
     from protege.answer_eval import evaluate_answers
 
-    if cfg is None:
-        from protege.config_file import config_from_dict
-
-        cfg = config_from_dict({"name": "knowledge"}, source="--folder")
     m, detail = evaluate_answers(kb, cfg, qa, progress=not args.json)
     if args.json:
         print(json.dumps({**m, "questions_detail": detail}, indent=2, ensure_ascii=False))
