@@ -275,11 +275,8 @@ def split(convs: list[Conversation], fraction: float, seed: int) -> tuple[list[C
     return [c for i, c in enumerate(convs) if i not in val_idx], [c for i, c in enumerate(convs) if i in val_idx]
 
 
-def write_jsonl(path: Path, convs: list[Conversation]) -> None:
-    from protege.config_file import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in convs))
+def jsonl_text(convs: list[Conversation]) -> str:
+    return "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in convs)
 
 
 def read_jsonl(path: Path) -> list[list[dict[str, str]]]:
@@ -297,7 +294,7 @@ def load_tokenizer(cfg: AssistantConfig):
 def prepare(cfg: AssistantConfig, paths: AssistantPaths, write: bool = True, tokenizer=None) -> dict:
     """Load + validate + clean + split; write data/train.jsonl, data/val.jsonl and data/data_report.json."""
     from builder.clean import clean, length_report
-    from protege.config_file import atomic_write_text
+    from protege.config_file import atomic_write_texts
 
     if not cfg.data.files:
         raise DataError(f"{cfg.name}: data.files is empty: list the training files or folders to learn from")
@@ -340,8 +337,7 @@ def prepare(cfg: AssistantConfig, paths: AssistantPaths, write: bool = True, tok
         "grounded": grounded_report,
         **length_report([c.messages for c in train + val], tokenizer, cfg.data.max_seq_len, cfg.data.overlong),
     }
-    if write:
-        write_jsonl(paths.data / "train.jsonl", train)
-        write_jsonl(paths.data / "val.jsonl", val)
-        atomic_write_text(paths.data / "data_report.json", json.dumps(report, indent=2) + "\n")
+    if write:  # all three or none: a full disk must not leave a new train split beside the old val split
+        atomic_write_texts({paths.data / "train.jsonl": jsonl_text(train), paths.data / "val.jsonl": jsonl_text(val),
+                            paths.data / "data_report.json": json.dumps(report, indent=2) + "\n"})
     return report

@@ -48,8 +48,10 @@ def load_tuned(cfg: AssistantConfig, paths: AssistantPaths):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from builder.adapter_swap import recover
     from builder.base_model import resolve_base
 
+    recover(paths)  # an adapter swap cut short by a kill
     if not (paths.adapter / "adapter_config.json").is_file():
         raise ProtegeError(f"{paths.adapter}: no adapter yet: run `protege train` first")
     device = "cuda" if torch.cuda.is_available() else "cpu"

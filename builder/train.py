@@ -189,26 +189,35 @@ def last_checkpoint(paths: AssistantPaths) -> str | None:
 
 
 def save_adapter(model, tokenizer, cfg: AssistantConfig, out: Path) -> None:
-    """Atomic: write next to the destination, then swap it in."""
+    """Atomic: write next to the destination, then swap it in (builder.adapter_swap: a kill never loses both)."""
+    from builder.adapter_swap import TMP, commit, sibling
     from protege.config_file import save_resolved
 
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = sibling(out, TMP)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    save_resolved(cfg, tmp)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_resolved(cfg, tmp)
+    except BaseException:  # a full disk: the previous adapter stays, the half-written one goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    commit(tmp, out)
 
 
 def run(cfg: AssistantConfig, paths: AssistantPaths, resume: bool = False, quiet: bool = False) -> dict:
-    """Train the adapter; returns the metrics also written to paths.train/metrics.json."""
+    """Train the adapter; returns the metrics also written to paths.train/metrics.json. Holds the assistant's lock."""
+    from protege.lock import assistant_lock
+
+    with assistant_lock(paths):
+        return _run(cfg, paths, resume, quiet)
+
+
+def _run(cfg: AssistantConfig, paths: AssistantPaths, resume: bool, quiet: bool) -> dict:
+    from builder.adapter_swap import recover
     from builder.monitor import peak_memory_mb, plot_loss, write_metrics
 
+    recover(paths)  # a swap cut short by a kill: the previous (or the completed new) adapter back in place
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     paths.train.mkdir(parents=True, exist_ok=True)
     checkpoint = last_checkpoint(paths) if resume else None

@@ -8,7 +8,8 @@ The bundle is a tiny $PROTEGE_HOME, so `protege serve` finds it through its ordi
   launch.sh, launch.py                 PROTEGE_HOME=<bundle>/home protege serve "$@"
   Modelfile                            for `ollama create <name> -f Modelfile`
   README.txt
-  home/assistants/<name>/config.yaml   the resolved config (serve.quant = the bundled GGUF)
+  home/assistants/<name>/config.yaml   the resolved config (serve.quant = the bundled GGUF; serve.api_keys as
+                                       sha256:<hex> digests: the server accepts the keys, the bundle never holds them)
   home/assistants/<name>/gguf/<name>-<quant>.gguf
   home/assistants/<name>/knowledge/    the Chroma index, when the assistant has one
 ```
@@ -24,11 +25,12 @@ from pathlib import Path
 
 from protege.config import AssistantConfig
 from protege.errors import ProtegeError
+from protege.keys import hash_key
 from protege.paths import AssistantPaths
 
 LAUNCH_SH = """#!/bin/sh
 # Serve this bundle offline (needs: pip install 'protege[serve,llamacpp]'). Extra arguments go to `protege serve`,
-# e.g. ./launch.sh --host 0.0.0.0 --port 11435
+# e.g. PROTEGE_API_KEYS=<key> ./launch.sh --host 0.0.0.0 --port 11435 (another address than loopback needs a key)
 HERE=$(cd "$(dirname "$0")" && pwd)
 exec "${PYTHON:-python3}" "$HERE/launch.py" "$@"
 """
@@ -70,6 +72,7 @@ def build_bundle(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
     quant = chosen_quant(cfg, paths)
     bundled = cfg.model_copy(deep=True)
     bundled.serve.quant = quant
+    bundled.serve.api_keys = [hash_key(k) for k in cfg.serve.api_keys]  # never a key in clear text in the bundle
     if bundled.knowledge is not None:
         bundled.knowledge.chroma.host = None  # the index travels inside the bundle: embedded Chroma
     tmp = Path(tempfile.mkdtemp(dir=paths.root, prefix=".bundle-"))
@@ -130,4 +133,8 @@ def _readme(cfg: AssistantConfig, quant: str, has_knowledge: bool) -> str:
             f"{', with its document index' if has_knowledge else ''}).\n\n"
             f"  pip install 'protege[{extras}]'\n"
             f"  ./launch.sh --port 11435        # OpenAI API at http://127.0.0.1:11435/v1, Ollama API at /api\n\n"
+            + (f"API keys: the assistant's {len(cfg.serve.api_keys)} key(s) are stored as SHA-256 digests only; "
+               "send one as 'Authorization: Bearer <key>'.\n" if cfg.serve.api_keys else "")
+            + "Serving another address than loopback (--host 0.0.0.0) needs a key: PROTEGE_API_KEYS=<key> "
+              "./launch.sh ... (or --insecure).\n\n"
             f"Or with Ollama: ollama create {cfg.name} -f Modelfile\n")

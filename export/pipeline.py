@@ -46,9 +46,17 @@ def _swap(paths: AssistantPaths, stage: Path) -> None:
 
 
 def recover(paths: AssistantPaths) -> None:
-    """Finish a verified swap cut short; drop unverified staging folders left by a killed export."""
+    """Finish a verified swap cut short; drop unverified staging folders left by a killed export. Only under the
+    assistant's lock: without it, the staging folder of an export still running would be deleted."""
     if not paths.root.is_dir():
         return
+    from protege.lock import assistant_lock
+
+    with assistant_lock(paths):
+        _recover(paths)
+
+
+def _recover(paths: AssistantPaths) -> None:
     for stage in sorted(paths.root.glob(f"{STAGE_PREFIX}*")):
         if (stage / VERIFIED).is_file():
             _swap(paths, stage)
@@ -97,7 +105,31 @@ def _file_info(path: Path) -> dict:
 
 
 def run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool = False) -> dict:
-    """Export one assistant; returns the report also written to gguf/export_report.json."""
+    """Export one assistant; returns the report also written to gguf/export_report.json. Holds the assistant's lock."""
+    from protege.lock import assistant_lock
+
+    paths.ensure()
+    with assistant_lock(paths):
+        return _run(cfg, paths, bundle)
+
+
+def trained_adapter(cfg: AssistantConfig, paths: AssistantPaths) -> Path | None:
+    """The adapter to merge, after finishing a swap cut short by a kill; None only when the config trains none
+    (no data.files): exporting the bare base for a config that trains would silently ship the wrong model."""
+    from builder.adapter_swap import is_adapter, recover as recover_adapter
+
+    recover_adapter(paths)
+    if is_adapter(paths.adapter):
+        return paths.adapter
+    if cfg.data.files:
+        from protege.errors import NoAdapterError
+
+        raise NoAdapterError(f"{cfg.name}: the config trains an adapter (data.files) but {paths.adapter} holds none: "
+                             f"run `protege train` (or `protege build`) first; exporting now would ship the base model")
+    return None
+
+
+def _run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool) -> dict:
     from builder.base_model import resolve_base
     from export import convert, merge, modelfile, quantize, verify
     from export.merge import read_val
@@ -106,13 +138,12 @@ def run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool = False) -> di
     from protege.errors import require
 
     started = time.time()
-    paths.ensure()
     recover(paths)
+    adapter = trained_adapter(cfg, paths)
     convert.llama_cpp_dir()  # a missing converter is reported before minutes of merging
     require("llama_cpp", "export")
     base_dir = resolve_base(cfg.base.model)
     arch = convert.check_supported(base_dir)
-    adapter = paths.adapter if (paths.adapter / "adapter_config.json").is_file() else None
     stage = Path(tempfile.mkdtemp(dir=paths.root, prefix=STAGE_PREFIX))
     report: dict[str, Any] = {"name": cfg.name, "architecture": arch, "versions": _versions()}
     timings: dict[str, float] = {}

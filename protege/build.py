@@ -61,6 +61,22 @@ def _dump(model) -> Any:
     return model.model_dump(mode="json") if model is not None else None
 
 
+# Knobs added after assistants were built: left at their default they stay out of the keys, so upgrading protege does
+# not retrain every assistant; set, they count (max_file_mb changes what is indexed, hence the index key).
+_NEW_KNOWLEDGE_KNOBS = ("max_file_mb",)
+
+
+def _dump_knowledge(knowledge) -> Any:
+    if knowledge is None:
+        return None
+    return knowledge.model_dump(mode="json", exclude={k for k in _NEW_KNOWLEDGE_KNOBS
+                                                      if k not in knowledge.model_fields_set})
+
+
+def _new_knobs(knowledge) -> list:
+    return [[k, getattr(knowledge, k)] for k in _NEW_KNOWLEDGE_KNOBS if k in knowledge.model_fields_set]
+
+
 @dataclass
 class StagePlan:
     name: str
@@ -77,10 +93,11 @@ def plan_stages(cfg: AssistantConfig, paths: AssistantPaths) -> list[StagePlan]:
     index_key = ""
     if knowledge is not None and knowledge.folder is not None:
         index_key = _hash_obj("index", hash_paths([knowledge.folder]), knowledge.chunk_size, knowledge.chunk_overlap,
-                              _dump(knowledge.chroma), cfg.collection_name(), _chunker_version())
+                              _dump(knowledge.chroma), cfg.collection_name(), _chunker_version(),
+                              *_new_knobs(knowledge))
     grounded = ""
     if knowledge is not None and knowledge.train_qa is not None:  # rendered with the index and the gate
-        grounded = _hash_obj(index_key, hash_paths([knowledge.train_qa]), _dump(knowledge))
+        grounded = _hash_obj(index_key, hash_paths([knowledge.train_qa]), _dump_knowledge(knowledge))
     data_key = _hash_obj("data", _dump(cfg.data), _dump(cfg.persona), cfg.base.model, hash_paths(cfg.data.files),
                          *([grounded] if grounded else [])) if has_data else ""
     train_key = _hash_obj("train", data_key, _dump(cfg.train), cfg.base.model) if has_data else ""
@@ -89,7 +106,7 @@ def plan_stages(cfg: AssistantConfig, paths: AssistantPaths) -> list[StagePlan]:
     export_key = _hash_obj("export", train_key, _dump(cfg.export), cfg.base.model, cfg.persona.system_prompt)
     answers_key = ""
     if index_key and knowledge.eval_qa is not None:
-        answers_key = _hash_obj("answers", export_key, index_key, _dump(knowledge), _dump(cfg.persona),
+        answers_key = _hash_obj("answers", export_key, index_key, _dump_knowledge(knowledge), _dump(cfg.persona),
                                 hash_paths([knowledge.eval_qa]))
     register_key = _hash_obj("register", _dump(cfg), export_key, index_key)
     gguf_default = paths.gguf_file(cfg.export.default_quant)
@@ -158,7 +175,16 @@ class StageOutcome:
 
 def build(cfg: AssistantConfig, paths: AssistantPaths, force: set[str] | None = None,
           on_stage: Callable[[str, str], None] | None = None) -> list[StageOutcome]:
-    """Run the stages in order; rerun a stage (and everything after it) when its key changed."""
+    """Run the stages in order; rerun a stage (and everything after it) when its key changed. Holds the assistant's
+    lock throughout: a second build/train/export of it fails at once instead of interleaving."""
+    from protege.lock import assistant_lock
+
+    with assistant_lock(paths):
+        return _build(cfg, paths, force, on_stage)
+
+
+def _build(cfg: AssistantConfig, paths: AssistantPaths, force: set[str] | None,
+           on_stage: Callable[[str, str], None] | None) -> list[StageOutcome]:
     force = set(force or ())
     if "all" in force:
         force = set(STAGES)

@@ -23,6 +23,7 @@ COMMANDS = {
     "run": "run",
     "build": "build",
     "list": "list",
+    "ps": "ps",
 }
 
 
@@ -64,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"protege {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk is the user's to fix: one line, not a traceback (stages write atomically)
+        from protege.errors import disk_full
+
+        message = disk_full(e)
+        if message is None:
+            raise
+        print(f"protege {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        from protege.lock import release_all
+
+        release_all()  # the per-assistant lock taken by commands._common.load
 
 
 if __name__ == "__main__":

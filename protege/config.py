@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
@@ -162,12 +162,50 @@ class KnowledgeConfig(Section):
                                      "and the refusal as the answer")
     chroma: ChromaServer = Field(default_factory=ChromaServer)
     embed_batch_size: int = Field(64, gt=0)
+    max_file_mb: float = Field(50, gt=0, description="knowledge files larger than this are skipped with a warning "
+                                                     "(listed in the index report)")
 
     @model_validator(mode="after")
     def _overlap(self) -> "KnowledgeConfig":
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap must be < chunk_size ({self.chunk_size}), got {self.chunk_overlap}")
         return self
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+FOREVER_S = 1e9  # ~31 years: longer keep_alives mean "forever"
+
+
+def parse_keep_alive(value: str | int | float) -> float | None:
+    """Ollama's keep_alive in seconds: a Go duration ("5m", "1h30m", "30s", "-1m") or a number of seconds (also as a
+    string, like OLLAMA_KEEP_ALIVE); 0 unloads at once; negative (or absurdly long): forever, returned as None."""
+    if isinstance(value, bool):
+        raise ValueError(f"keep_alive must be a duration like '5m' or a number of seconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        secs = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            secs = float(text) if text.lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else float("nan")
+        except ValueError:
+            body = text.lstrip("+-")
+            parts = _DURATION_RE.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ValueError(f"keep_alive must be a duration like '5m', '1h30m', '30s' or a number of seconds, "
+                                 f"got {value!r}") from None
+            secs = (-1 if text.startswith("-") else 1) * sum(float(n) * _UNITS[u] for n, u in parts)
+    if secs != secs:
+        raise ValueError(f"keep_alive must be a duration like '5m' or a number of seconds, got {value!r}")
+    return None if secs < 0 or secs >= FOREVER_S else secs
+
+
+def _keep_alive(value: str | int) -> str | int:
+    parse_keep_alive(value)
+    return value
+
+
+KeepAlive = Annotated[str | int, AfterValidator(_keep_alive)]
 
 
 class ServeConfig(Section):
@@ -179,11 +217,38 @@ class ServeConfig(Section):
     n_threads: int | None = Field(None, gt=0)
     parallel: int = Field(4, gt=0, description="sequences decoded together")
     max_queue: int = Field(32, gt=0)
-    api_keys: list[str] = Field(default_factory=list, description="Bearer keys required on every route but /health")
-    cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist (never *)")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys that open this assistant's models (or "
+                                "`sha256:<hex>` digests of keys); any key makes every route but /health need one")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS allowlist of origins like "
+                                    "https://app.example (\"*\" is refused)")
     max_body_bytes: int = Field(2_000_000, gt=0)
     rag: bool = Field(True, description="answer through the knowledge base when the assistant has one")
+    allow_rag_off: bool = Field(False, description="let clients skip retrieval on an assistant with knowledge (\"rag\": "
+                                "false, options.rag false, /v1/completions, raw /api/generate); false: 403 rag_required")
+    keep_alive: KeepAlive = Field("5m", description="how long a model stays loaded after its last request (Ollama's "
+                                  "keep_alive: \"5m\", \"1h\", seconds; 0: unload at once; negative: forever); a "
+                                  "request's keep_alive wins")
+    max_loaded_models: int = Field(2, gt=0, description="models resident at once: the least recently used idle one is "
+                                   "unloaded to make room")
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM engine: GPUs to shard the model across")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("API keys must not be empty")
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if "*" in o:
+                raise ValueError(f"{o!r} is not allowed: list each origin (e.g. https://app.example); a wildcard "
+                                 "would let any web page call the API with the browser's credentials")
+            if not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+$", o):
+                raise ValueError(f"{o!r} is not an origin: expected scheme://host[:port], e.g. https://app.example")
+        return v
 
 
 class AssistantConfig(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,37 @@ def config_to_yaml(cfg: AssistantConfig) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temp file in the same folder, then rename: readers never see half a file, and a full disk leaves
+    the old file whole. A symlink is written through (the link stays a link, its target is replaced) and an
+    existing file keeps its mode; a new one gets mkstemp's 0600 (resolved configs may hold serve.api_keys)."""
+    atomic_write_texts({path: text})
+
+
+def atomic_write_texts(files: dict[Path, str]) -> None:
+    """atomic_write_text for files that belong together (train.jsonl + val.jsonl): every temp file is written before
+    the first rename, so a full disk changes none of them."""
+    temps: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for path, text in files.items():
+            path = Path(os.path.realpath(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                mode: int | None = stat.S_IMODE(path.stat().st_mode)
+            except FileNotFoundError:
+                mode = None
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                if mode is not None:
+                    os.fchmod(f.fileno(), mode)
+                f.write(text)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename and temps:  # name the file a full disk refused
+            raise OSError(e.errno, e.strerror, str(temps[-1][1])) from e
         raise
 
 

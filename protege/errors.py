@@ -39,3 +39,39 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(module, extra) from None
+
+
+class AssistantBusy(ProtegeError):
+    """Another protege process is writing this assistant (build/train/export/index); exit 75 (EX_TEMPFAIL: retry)."""
+
+    exit_code = 75
+
+    def __init__(self, name: str, lock_file: str, pid: int | None):
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"assistant {name!r} is busy: {who} holds {lock_file}; wait for that run to finish "
+                         f"(the lock goes away with the process)")
+        self.name, self.lock_file, self.pid = name, lock_file, pid
+
+
+class NoAdapterError(ProtegeError):
+    """The config trains an adapter but none is on disk: exporting would silently ship the base model."""
+
+    exit_code = 1
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """A one-line message when `exc` (or what caused it) is a full disk or quota, else None. Libraries wrap ENOSPC
+    in their own types (torch's RuntimeError, sqlite's errors), so the chain and the text are both looked at."""
+    import errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"no space left on device{where}; free some space and run it again"
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return f"no space left on device ({type(e).__name__}: {str(e)[:200]}); free some space and run it again"
+        e = e.__cause__ or e.__context__
+    return None

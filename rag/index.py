@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from protege.errors import ProtegeError
 from rag.chunking import Chunk, Chunker, chunker_signature
 from rag.loaders import LoadError, load_file, relpath, walk
 from rag.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def file_hash(p: Path) -> str:
@@ -39,8 +42,9 @@ def chunk_ids(path: str, chunks: list[Chunk]) -> list[str]:
 
 
 def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, chunk_overlap: int = 30,
-                 progress: bool = False, batch_size: int | None = None) -> dict:
-    """Bring the collection in line with the folder; returns the report (see module doc)."""
+                 progress: bool = False, batch_size: int | None = None, max_bytes: int | None = None) -> dict:
+    """Bring the collection in line with the folder; returns the report (see module doc). Files over `max_bytes` are
+    skipped with a warning (and lose their chunks, like a deleted file)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ProtegeError(f"{folder}: knowledge folder not found")
@@ -52,18 +56,22 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
 
     stored: dict[str, dict] = {}  # path -> {"ids": set, "hash": str, "sig": str}
     for cid, m, _ in store.iter_all():
-        entry = stored.setdefault(m.get("path", ""), {"ids": set(), "hashes": set(), "sigs": set()})
+        entry = stored.setdefault(m.get("path", ""), {"ids": set(), "hashes": set(), "sigs": set(), "counts": set()})
         entry["ids"].add(cid)
         entry["hashes"].add(m.get("file_hash"))
         entry["sigs"].add(m.get("chunker"))
+        entry["counts"].add(m.get("file_chunks"))
 
-    files, skipped = walk(folder)
+    files, skipped = walk(folder, max_bytes)
+    for s in skipped:
+        if s["reason"].startswith("too large"):
+            log.warning("knowledge file skipped: %s (%s)", folder / s["path"], s["reason"])
     chunker = Chunker(embedder.count_tokens, chunk_size, chunk_overlap)
     report: dict = {"folder": str(folder), "collection": store.name, "added": [], "updated": [], "removed": [],
                     "unchanged": [], "skipped": list(skipped)}
-    to_add: list[tuple[str, Chunk, str, str]] = []  # (id, chunk, file_hash, path)
+    to_add: list[tuple[str, Chunk, str, str, int]] = []  # (id, chunk, file_hash, path, chunks in the file)
     to_delete: list[str] = []
-    to_touch: list[tuple[str, Chunk, str, str]] = []  # chunks kept as they were: only their file hash changes
+    to_touch: list[tuple[str, Chunk, str, str, int]] = []  # chunks kept as they were: only their file hash changes
     seen_paths: set[str] = set()
     for p in files:
         rel = relpath(p, folder)
@@ -76,7 +84,7 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
             if old:
                 to_delete.extend(old["ids"])
             continue
-        if old and old["hashes"] == {digest} and old["sigs"] == {signature}:
+        if old and old["hashes"] == {digest} and old["sigs"] == {signature} and _whole(old):
             report["unchanged"].append(rel)
             continue
         try:
@@ -95,7 +103,7 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
         old_ids = old["ids"] if old else set()
         to_delete.extend(old_ids - set(ids))
         for i, c in zip(ids, chunks):
-            (to_touch if i in old_ids else to_add).append((i, c, digest, rel))
+            (to_touch if i in old_ids else to_add).append((i, c, digest, rel, len(chunks)))
         report["updated" if old else "added"].append(rel)
     for rel, old in stored.items():
         if rel not in seen_paths:
@@ -104,12 +112,12 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
 
     store.delete(sorted(set(to_delete)))
     if to_add:
-        texts = [c.text for _, c, _, _ in to_add]
+        texts = [c.text for _, c, *_ in to_add]
         vectors = embedder.embed(texts, progress=progress, batch_size=batch_size)
-        metas = [_meta(c, digest, signature) for _, c, digest, _ in to_add]
+        metas = [_meta(c, digest, signature, n) for _, c, digest, _, n in to_add]
         store.add([i for i, *_ in to_add], vectors, texts, metas)
     if to_touch:
-        store.update_metadata([i for i, *_ in to_touch], [_meta(c, d, signature) for _, c, d, _ in to_touch])
+        store.update_metadata([i for i, *_ in to_touch], [_meta(c, d, signature, n) for _, c, d, _, n in to_touch])
     report.update(
         chunks_added=len(to_add), chunks_kept=len(to_touch), chunks_removed=len(set(to_delete)), chunks_total=store.count(),
         writes=store.writes, seconds=round(time.perf_counter() - t0, 3),
@@ -117,8 +125,14 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
     return report
 
 
-def _meta(c: Chunk, digest: str, signature: str) -> dict:
-    m = {"path": c.path, "file_hash": digest, "chunker": signature, "ordinal": c.ordinal}
+def _whole(entry: dict) -> bool:
+    """All of a file's chunks are stored: a run killed between two add batches left only some (indexes written
+    before file_chunks existed carry None and are trusted)."""
+    return entry["counts"] == {None} or entry["counts"] == {len(entry["ids"])}
+
+
+def _meta(c: Chunk, digest: str, signature: str, file_chunks: int) -> dict:
+    m = {"path": c.path, "file_hash": digest, "chunker": signature, "ordinal": c.ordinal, "file_chunks": file_chunks}
     if c.section:
         m["section"] = c.section
     if c.page is not None:
@@ -138,6 +152,9 @@ def run(cfg, paths) -> dict:
     """The `index` stage of `protege build`: index cfg.knowledge.folder into paths.knowledge (or the Chroma server)."""
     from rag.knowledge import KnowledgeBase
 
+    from protege.lock import assistant_lock
+
     if cfg.knowledge is None or cfg.knowledge.folder is None:
         raise ProtegeError(f"{cfg.name}: no knowledge.folder in the config, nothing to index")
-    return KnowledgeBase.open(cfg, paths).index()
+    with assistant_lock(paths):
+        return KnowledgeBase.open(cfg, paths).index()

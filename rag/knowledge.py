@@ -88,7 +88,8 @@ class KnowledgeBase:
 
         self.store.writes = 0
         report = index_folder(self.folder, self.store, self.embedder, self.cfg.chunk_size, self.cfg.chunk_overlap,
-                              progress=progress, batch_size=self.cfg.embed_batch_size)
+                              progress=progress, batch_size=self.cfg.embed_batch_size,
+                              max_bytes=int(self.cfg.max_file_mb * 2**20))
         if self._retriever is not None:
             self._retriever.invalidate()
         report["report"] = str(write_report(report, self.report_dir))

@@ -28,9 +28,10 @@ class Document:
     page: int | None = None  # 1-based PDF page
 
 
-def walk(folder: Path) -> tuple[list[Path], list[dict]]:
+def walk(folder: Path, max_bytes: int | None = None) -> tuple[list[Path], list[dict]]:
     """Files to index (sorted) and skipped ones ({path, reason}); hidden entries and symlinks leaving the folder are
-    ignored silently, symlinked folders are not followed (no cycles)."""
+    ignored silently, symlinked folders are not followed (no cycles), files over `max_bytes` (knowledge.max_file_mb)
+    are skipped with their size: one stray dump must not take the index run's memory and hours."""
     root = folder.resolve()
     files: list[Path] = []
     skipped: list[dict] = []
@@ -52,8 +53,17 @@ def walk(folder: Path) -> tuple[list[Path], list[dict]]:
             if p.suffix.lower() not in SUPPORTED:
                 skipped.append({"path": relpath(p, folder), "reason": f"unsupported file type {p.suffix or '(none)'}"})
                 continue
+            size = p.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                skipped.append({"path": relpath(p, folder), "reason": f"too large: {_size(size)} > "
+                                                                      f"knowledge.max_file_mb {max_bytes / 2**20:.3g}"})
+                continue
             files.append(p)
     return files, skipped
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
 def relpath(p: Path, folder: Path) -> str:
@@ -84,15 +94,26 @@ def load_file(p: Path, rel: str) -> list[Document]:
     return docs
 
 
+# Byte-order marks, longest first (the UTF-32-LE mark starts with the UTF-16-LE one). Notepad and PowerShell write
+# UTF-16 with a BOM; its NUL bytes must not read as binary content.
+BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
+        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
 def _read_text(p: Path) -> str:
     data = p.read_bytes()
+    for bom, enc in BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(enc)
+            except UnicodeDecodeError:
+                raise LoadError(f"not valid {enc.upper()} text (after its byte-order mark)") from None
     if b"\x00" in data[:8192]:
         raise LoadError("binary content (NUL bytes) in a text file")
-    for enc in ("utf-8-sig", "utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig",):
-        try:
-            return data.decode(enc)
-        except UnicodeDecodeError:
-            continue
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
     try:
         text = data.decode("cp1252")
     except UnicodeDecodeError:

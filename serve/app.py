@@ -1,13 +1,16 @@
 """`create_app(...)`: the FastAPI app serving the OpenAI and Ollama APIs over one ModelManager.
 
 Middleware, outermost first: CORS (allowlist) -> request metrics -> API keys -> body limit -> routes. The default
-model loads in the background at startup; /health answers 503 until it is loaded, so orchestrators wait for it.
+model loads in the background at startup; /health answers 503 until it is loaded, so orchestrators wait for it. A
+failed load is retried with backoff (1 s doubling to 30 s), and /health turns 200 as soon as a load succeeds, by the
+retry or by a request. An unexpected error is logged with an id; its 500 body carries only that id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
@@ -18,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protege.config import ServeConfig
+from protege.config import ServeConfig, parse_keep_alive
 from serve.engines.base import EngineError
 from serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from serve.ops import Admission, ApiKeyMiddleware, BodyLimitMiddleware, engine_error_response, error_response
@@ -27,6 +30,7 @@ from serve.service import EngineFactory, KnowledgeFactory, ModelManager, Service
 
 log = logging.getLogger("protege.serve")
 
+PRELOAD_RETRY = (1.0, 30.0)  # seconds: first retry of a failed preload, and the cap of its doubling
 ROUTES = {"/", "/health", "/metrics", "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings",
           "/api/version", "/api/tags", "/api/show", "/api/ps", "/api/chat", "/api/generate", "/api/embed"}
 
@@ -43,7 +47,8 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
     """`preload`: True loads the registry's default model at startup, a model id loads that one, False none."""
     cfg = serve_cfg or ServeConfig()
     metrics = Metrics()
-    manager = ModelManager(registry, engine_factory)
+    manager = ModelManager(registry, engine_factory, keep_alive=parse_keep_alive(cfg.keep_alive),
+                           max_loaded=cfg.max_loaded_models, metrics=metrics)
     admission = Admission(cfg.parallel, cfg.max_queue, metrics)
     service = Service(manager, knowledge_factory, metrics, admission)
     preload_id = registry.default_id() if preload is True else (preload or None)
@@ -51,18 +56,28 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         task = None
+        reaper = asyncio.create_task(manager.reap())  # keep_alive: unload idle engines when their time is up
         if preload_id:
             async def _load() -> None:
-                try:
-                    await manager.get(preload_id)
+                delay = PRELOAD_RETRY[0]
+                while True:
+                    try:
+                        await manager.get(preload_id)
+                    except Exception as e:  # noqa: BLE001 - reported by /health, retried: it may be transient
+                        app.state.load_error = (f"loading failed ({type(e).__name__}); retrying in {delay:.0f} s "
+                                                "(details in the server log)")
+                        log.error("loading %s failed (retrying in %.1f s): %s", preload_id, delay, e)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, PRELOAD_RETRY[1])
+                        continue
+                    app.state.load_error, app.state.ready = None, True
                     metrics.loaded.labels(preload_id).set(1)
                     log.info("model %s loaded", preload_id)
-                except Exception as e:  # noqa: BLE001 - reported by /health
-                    app.state.load_error = str(e)
-                    log.error("loading %s failed: %s", preload_id, e)
+                    return
 
             task = asyncio.create_task(_load())
         yield
+        reaper.cancel()
         if task:
             task.cancel()
         await manager.close()
@@ -74,6 +89,7 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
     app.state.embedder = None
     app.state.embedder_factory = embedder_factory or default_embedder
     app.state.load_error = None
+    app.state.ready = False  # the preloaded model loaded once (an engine unloaded since reloads on demand)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, e: EngineError) -> JSONResponse:
@@ -85,11 +101,13 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
         errs = e.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "invalid_unicode":  # a whole-body check (serve/wire.py): it says where
+            loc = [str(first.get("ctx", {}).get("where", "body"))]
         if first.get("type") == "json_invalid":
             msg = f"We could not parse the JSON body of your request: {first.get('ctx', {}).get('error', 'invalid')}."
         else:
-            msg = f"{'.'.join(loc) or 'body'}: {first.get('msg')}" + (f" ({len(errs) - 1} more)" if len(errs) > 1
-                                                                      else "")
+            text = str(first.get("msg")).removeprefix("Value error, ")
+            msg = f"{'.'.join(loc) or 'body'}: {text}" + (f" ({len(errs) - 1} more)" if len(errs) > 1 else "")
         metrics.errors.labels("invalid_request_error").inc()
         return error_response(400, msg, "invalid_request_error", param=".".join(loc) or None)
 
@@ -102,17 +120,22 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
+        error_id = uuid.uuid4().hex[:12]  # the body names the id only: exception text may hold paths
+        log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=e)
         metrics.errors.labels("server_error").inc()
-        return error_response(500, f"Internal error: {type(e).__name__}: {e}", "server_error", "server_error")
+        return error_response(500, f"Internal server error (id {error_id}); the server log has the details.",
+                              "server_error", "server_error")
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """200 when the default model can serve now: loaded, or loaded once (an engine unloaded since reloads)."""
+        if not preload_id or app.state.ready or manager.is_loaded(preload_id):
+            app.state.load_error = None
+            return JSONResponse({"status": "ok", "model": preload_id, "in_flight": admission.inflight})
         if app.state.load_error:
-            return JSONResponse({"status": "error", "error": app.state.load_error}, status_code=503)
-        if preload_id and not manager.is_loaded(preload_id):
-            return JSONResponse({"status": "loading", "model": preload_id}, status_code=503)
-        return JSONResponse({"status": "ok", "model": preload_id, "in_flight": admission.inflight})
+            return JSONResponse({"status": "error", "model": preload_id, "error": app.state.load_error},
+                                status_code=503)
+        return JSONResponse({"status": "loading", "model": preload_id}, status_code=503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -124,11 +147,10 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
     app.include_router(ollama.router)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=cfg.api_keys)
+    app.add_middleware(ApiKeyMiddleware, keys=cfg.api_keys, registry=registry)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    if cfg.cors_origins:
-        wildcard = "*" in cfg.cors_origins
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_credentials=not wildcard,
+    if cfg.cors_origins:  # an allowlist: ServeConfig refuses "*"
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_credentials=True,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
     return app
 

@@ -2,24 +2,37 @@
 
 The auth and body-limit layers are plain ASGI middleware so they cover every route — Ollama's too, unlike servers that
 protect only /v1 — and run before any body is parsed.
+
+API keys (see README, "Serving securely"): the server's own keys (`--api-key`, $PROTEGE_API_KEYS) open every model;
+an assistant's `serve.api_keys` open that assistant's models. When any key exists anywhere, every route but /health
+needs a valid key; a request that names a model of an assistant with keys of its own needs one of those keys or a
+server key (a key of assistant A never opens B's models: 403). Keys are kept and compared as SHA-256 digests in
+constant time, and a config may hold `sha256:<hex>` digests instead of keys (the edge bundle ships only those).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protege.keys import key_digest
 from serve.engines.base import EngineError, QueueFull
+from serve.wire import printable
 
 OPEN_PATHS = {"/health"}
 
 
 def error_body(message: str, code: str, type_: str = "invalid_request_error", param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error shape (Ollama clients read its `error` too); text is made safe to encode as UTF-8."""
+    return {"error": {"message": printable(message), "type": type_, "param": printable(param) if param else param,
+                      "code": code}}
 
 
 def error_response(status: int, message: str, code: str, type_: str = "invalid_request_error",
@@ -40,30 +53,102 @@ async def _send_json(send: Send, status: int, body: dict, headers: list[tuple[by
     await send({"type": "http.response.body", "body": raw})
 
 
-class ApiKeyMiddleware:
-    """Bearer keys compared in constant time; /health stays open for load balancers; CORS preflights pass."""
+@dataclass(frozen=True)
+class Grant:
+    """What a request's key opens: every model (a server key) or the models of these assistants."""
 
-    def __init__(self, app: ASGIApp, keys: list[str]):
+    everything: bool
+    assistants: frozenset[str]
+
+
+# The grant of the request being served (set by ApiKeyMiddleware); None: no keys anywhere, everything is open.
+current_grant: ContextVar[Grant | None] = ContextVar("protege_grant", default=None)
+
+
+class PermissionDenied(EngineError):
+    status = 403
+    code = "permission_denied"
+    type = "permission_error"
+
+
+def authorize(spec: Any) -> None:
+    """Raise 403 when the request's key does not open `spec`'s assistant (called wherever a model id is resolved)."""
+    grant = current_grant.get()
+    if grant is None or grant.everything or spec.assistant in grant.assistants or not spec.cfg.serve.api_keys:
+        return
+    raise PermissionDenied(f"This API key does not give access to the model '{spec.id}'.", "model")
+
+
+class KeyRing:
+    """The server's keys plus every served assistant's `serve.api_keys` (re-read when the registry refreshes)."""
+
+    def __init__(self, keys: list[str], registry: Any = None):
+        self.server = [key_digest(k) for k in keys if k]
+        self.registry = registry
+        self._seen: Any = None
+        self._per: dict[str, list[bytes]] = {}
+
+    def per_assistant(self) -> dict[str, list[bytes]]:
+        specs = getattr(self.registry, "specs", None) or {}
+        if specs is not self._seen:
+            per: dict[str, list[bytes]] = {}
+            for spec in specs.values():
+                if spec.cfg.serve.api_keys and spec.assistant not in per:
+                    per[spec.assistant] = [key_digest(k) for k in spec.cfg.serve.api_keys if k]
+            self._seen, self._per = specs, per
+        return self._per
+
+    @property
+    def active(self) -> bool:
+        return bool(self.server or self.per_assistant())
+
+    def grant(self, token: bytes) -> Grant | None:
+        """The grant of a bearer token, None when it matches no key; every digest is compared (constant time)."""
+        d = hashlib.sha256(token).digest()
+        everything = False
+        for k in self.server:
+            everything |= secrets.compare_digest(d, k)
+        names = set()
+        for name, digests in self.per_assistant().items():
+            hit = False
+            for k in digests:
+                hit |= secrets.compare_digest(d, k)
+            if hit:
+                names.add(name)
+        return Grant(everything, frozenset(names)) if everything or names else None
+
+
+class ApiKeyMiddleware:
+    """Bearer keys (see the module docstring); /health stays open for load balancers; CORS preflights pass."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], registry: Any = None):
         self.app = app
-        self.keys = [k.encode() for k in keys if k]
+        self.ring = KeyRing(keys, registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if (scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS"
+                or not self.ring.active):
             return await self.app(scope, receive, send)
         auth = dict(scope["headers"]).get(b"authorization", b"")
         token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-        ok = False
-        for k in self.keys:  # compare with every key: timing does not reveal which one matched
-            ok |= secrets.compare_digest(token, k)
-        if not ok:
+        grant = self.ring.grant(token) if token else None
+        if grant is None:
             return await _send_json(send, 401, error_body(
                 "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", "invalid_api_key",
                 "authentication_error"), [(b"www-authenticate", b"Bearer")])
-        await self.app(scope, receive, send)
+        reset = current_grant.set(grant)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_grant.reset(reset)
 
 
 class BodyLimitMiddleware:
-    """413 when Content-Length is over the limit, or when a chunked body grows past it."""
+    """413 when Content-Length is over the limit, or when a chunked body grows past it.
+
+    The body is read here, whole, before the app sees it (the app parses JSON bodies whole anyway): an over-limit
+    chunked body is a 413 before FastAPI's body parsing could turn the error into a 400. Once replayed, `receive`
+    is the server's own again, so a client disconnect still reaches a stream."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -75,36 +160,32 @@ class BodyLimitMiddleware:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _send_json(send, 413, self._body())
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return msg
+            if msg["type"] != "http.request":  # the client left before sending its body
+                return
+            body = msg.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await _send_json(send, 413, self._body())
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        replayed = False
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, 413, self._body())
+        await self.app(scope, replay, send)
 
     def _body(self) -> dict[str, Any]:
         return error_body(f"Request body is larger than the limit of {self.max_bytes} bytes.", "request_too_large")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Admission:

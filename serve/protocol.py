@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve.wire import Bool, Float, Int, Request, check_inputs, check_stops
+
 
 class _Lenient(BaseModel):
     """Requests: unknown fields are kept (and ignored) so new client versions keep working."""
@@ -31,12 +33,8 @@ def new_id(prefix: str) -> str:
 
 
 def _norm_stop(v: str | list[str] | None) -> list[str] | None:
-    if v is None:
-        return None
-    v = [v] if isinstance(v, str) else v
-    if len(v) > 4:
-        raise ValueError("at most 4 stop sequences")
-    return [s for s in v if s]
+    """A string or up to 4 strings, none of them empty (an empty stop would end every answer at once)."""
+    return check_stops([v] if isinstance(v, str) else v, 4)
 
 
 # --------------------------------------------------------------------------------------------------------- chat
@@ -63,14 +61,14 @@ class ChatMessage(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class JsonSchemaSpec(_Lenient):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
+    strict: Bool | None = None
 
 
 class ResponseFormat(_Lenient):
@@ -84,29 +82,29 @@ class ResponseFormat(_Lenient):
         return self
 
 
-class ChatCompletionRequest(_Lenient):
-    model: str
+class ChatCompletionRequest(Request):
+    model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_tokens: int | None = Field(None, gt=0)
-    max_completion_tokens: int | None = Field(None, gt=0)
-    n: int = Field(1, ge=1, le=16)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: Float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Float] | None = None
+    logprobs: Bool | None = None
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
+    max_tokens: Int | None = Field(None, gt=0)
+    max_completion_tokens: Int | None = Field(None, gt=0)
+    n: Int = Field(1, ge=1, le=16)
+    presence_penalty: Float | None = Field(None, ge=-2, le=2)
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: Int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: Bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Float | None = Field(None, ge=0, le=2)
+    top_p: Float | None = Field(None, gt=0, le=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     user: str | None = None
     # Protégé extra: turn retrieval off for this request (assistants with a knowledge section).
-    rag: bool | None = None
+    rag: Bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -198,22 +196,22 @@ class ChatCompletionChunk(_Out):
 
 
 # -------------------------------------------------------------------------------------------------- completions
-class CompletionRequest(_Lenient):
-    model: str
+class CompletionRequest(Request):
+    model: str = Field(min_length=1)
     prompt: str | list[str]
-    echo: bool = False
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logprobs: int | None = Field(None, ge=0, le=5)
-    max_tokens: int | None = Field(16, gt=0)
-    n: int = Field(1, ge=1, le=16)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    echo: Bool = False
+    frequency_penalty: Float | None = Field(None, ge=-2, le=2)
+    logprobs: Int | None = Field(None, ge=0, le=5)
+    max_tokens: Int | None = Field(16, gt=0)
+    n: Int = Field(1, ge=1, le=16)
+    presence_penalty: Float | None = Field(None, ge=-2, le=2)
+    seed: Int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: Bool = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Float | None = Field(None, ge=0, le=2)
+    top_p: Float | None = Field(None, gt=0, le=1)
     user: str | None = None
 
     @field_validator("stop")
@@ -253,12 +251,17 @@ class ModelList(_Out):
 
 
 # --------------------------------------------------------------------------------------------------- embeddings
-class EmbeddingRequest(_Lenient):
-    model: str
+class EmbeddingRequest(Request):
+    model: str = Field(min_length=1)
     input: str | list[str] = Field(...)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, gt=0)
+    dimensions: Int | None = Field(None, gt=0)
     user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str | list[str]) -> str | list[str]:
+        return check_inputs(v)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve.wire import Bool, Float, Int, Request, check_inputs, check_stops
 
 __all__ = [
     "OllamaOptions", "OllamaMessage", "OllamaChatRequest", "OllamaGenerateRequest", "OllamaFinal",
@@ -39,16 +41,26 @@ class OllamaOptions(_Lenient):
     """The subset of Ollama's runtime options we honour; others are accepted and ignored like Ollama does,
     except those that change the answer's shape, which the router checks."""
 
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = None
-    seed: int | None = None
-    num_predict: int | None = None
-    num_ctx: int | None = Field(None, gt=0)
+    temperature: Float | None = Field(None, ge=0, le=2)
+    top_p: Float | None = Field(None, gt=0, le=1)
+    top_k: Int | None = Field(None, ge=0)
+    seed: Int | None = None
+    num_predict: Int | None = Field(None, ge=-2, description="-1: no limit, -2: fill the context (Ollama)")
+    num_ctx: Int | None = Field(None, gt=0)
     stop: list[str] | None = None
-    repeat_penalty: float | None = None
+    repeat_penalty: Float | None = Field(None, ge=0, le=10)
     # Protégé extra: turn retrieval off
-    rag: bool | None = None
+    rag: Bool | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v):
+        return [v] if isinstance(v, str) else v  # Ollama's own server accepts one string too
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: list[str] | None) -> list[str] | None:
+        return check_stops(v)
 
 
 class OllamaMessage(_Lenient):
@@ -57,24 +69,24 @@ class OllamaMessage(_Lenient):
     images: list[str] | None = None
 
 
-class OllamaChatRequest(_Lenient):
-    model: str
+class OllamaChatRequest(Request):
+    model: str = Field(min_length=1)
     messages: list[OllamaMessage] = Field(default_factory=list)
-    stream: bool = True
+    stream: Bool = True
     format: str | dict[str, Any] | None = None
     options: OllamaOptions | None = None
     keep_alive: str | int | None = None
     think: bool | str | None = None
 
 
-class OllamaGenerateRequest(_Lenient):
-    model: str
+class OllamaGenerateRequest(Request):
+    model: str = Field(min_length=1)
     prompt: str = ""
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    raw: bool = False
-    stream: bool = True
+    raw: Bool = False
+    stream: Bool = True
     format: str | dict[str, Any] | None = None
     options: OllamaOptions | None = None
     images: list[str] | None = None
@@ -114,10 +126,10 @@ class OllamaGenerateResponse(OllamaFinal):
     grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
-class OllamaShowRequest(_Lenient):
+class OllamaShowRequest(Request):
     model: str | None = None
     name: str | None = None  # older clients
-    verbose: bool = False
+    verbose: Bool = False
 
     def model_name(self) -> str:
         return self.model or self.name or ""
@@ -165,12 +177,17 @@ class OllamaShowResponse(_Out):
     modified_at: str = ""
 
 
-class OllamaEmbedRequest(_Lenient):
-    model: str
+class OllamaEmbedRequest(Request):
+    model: str = Field(min_length=1)
     input: str | list[str]
-    truncate: bool = True
+    truncate: Bool = True
     options: OllamaOptions | None = None
     keep_alive: str | int | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str | list[str]) -> str | list[str]:
+        return check_inputs(v)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

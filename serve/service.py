@@ -6,80 +6,31 @@ Routers only translate wire types; every decision that must be the same for Open
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
-from serve.engines.base import (ContextLengthExceeded, Engine, EngineUnavailable, GenDelta, GenParams, ModelNotFound,
-                                UnsupportedParameter, Usage)
-from serve.registry import ModelSpec, Registry
+from serve.engines.base import (ContextLengthExceeded, Engine, EngineError, GenDelta, GenParams, GenResult,
+                                UnsupportedParameter, Usage, collect)
+from serve.models import EngineFactory, ModelManager, engine_key
+from serve.registry import ModelSpec
 
 log = logging.getLogger("protege.serve")
 
 RAG_MAX_TOKENS = 200
 RAG_REPEAT_PENALTY = 1.1
-EngineFactory = Callable[[ModelSpec], Engine]
 KnowledgeFactory = Callable[[ModelSpec], Any]
+__all__ = ["EngineFactory", "KnowledgeFactory", "ModelManager", "Prepared", "RagRequired", "Service", "engine_key"]
 
 
-def engine_key(spec: ModelSpec) -> str:
-    """Ids that share weights share one loaded engine (e.g. `name` and `name:q4_k_m`, or two personas on the base)."""
-    return str(spec.gguf) if spec.gguf else spec.assistant
+class RagRequired(EngineError):
+    """A client asked to skip retrieval on an assistant with knowledge and `serve.allow_rag_off` is false."""
 
-
-class ModelManager:
-    """Loads engines on first use (like Ollama) and keeps them; the default model is preloaded at startup."""
-
-    def __init__(self, registry: Registry, factory: EngineFactory, key: Callable[[ModelSpec], str] = engine_key):
-        """`key` groups ids onto one engine; a factory may carry its own `.key` (vLLM: one engine per assistant)."""
-        self.registry, self.factory = registry, factory
-        self.key = getattr(factory, "key", key)
-        self.engines: dict[str, Engine] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.load_seconds: dict[str, float] = {}
-
-    def spec(self, model_id: str) -> ModelSpec:
-        spec = self.registry.get(model_id)
-        if spec is None:
-            self.registry.refresh()  # an assistant built after startup
-            spec = self.registry.get(model_id)
-        if spec is None:
-            known = ", ".join(self.registry.ids()) or "none"
-            raise ModelNotFound(f"The model '{model_id}' does not exist. Available models: {known}.", "model")
-        return spec
-
-    async def get(self, model_id: str) -> tuple[ModelSpec, Engine]:
-        spec = self.spec(model_id)
-        key = self.key(spec)
-        engine = self.engines.get(key)
-        if engine is None or not engine.loaded:
-            async with self._locks.setdefault(key, asyncio.Lock()):
-                engine = self.engines.get(key)
-                if engine is None:
-                    if spec.gguf is None and spec.merged is None and spec.adapter is None:
-                        raise EngineUnavailable(f"model '{model_id}' has no weights to serve (no GGUF exported).")
-                    engine = self.factory(spec)
-                    t0 = time.perf_counter()
-                    await engine.load()
-                    self.load_seconds[key] = time.perf_counter() - t0
-                    self.engines[key] = engine
-        if spec.id not in engine.model_ids:
-            engine.model_ids.append(spec.id)
-            if hasattr(engine, "register"):
-                engine.register(spec)
-        return spec, engine
-
-    def is_loaded(self, model_id: str | None) -> bool:
-        if model_id is None:
-            return bool(self.engines)
-        spec = self.registry.get(model_id)
-        return spec is not None and (e := self.engines.get(self.key(spec))) is not None and e.loaded
-
-    async def close(self) -> None:
-        for e in self.engines.values():
-            await e.close()
-        self.engines.clear()
+    status = 403
+    code = "rag_required"
+    type = "permission_error"
 
 
 def default_knowledge_factory(spec: ModelSpec) -> Any:
@@ -102,12 +53,17 @@ class Prepared:
     admission: Any = None
     grounding: str | None = None          # generated | extractive | refused (RAG answers only)
     guard_factory: Callable[[], Any] | None = None   # a fresh GuardedReply per choice (rag/guard.py); None: no guard
+    lease: Callable[[], None] | None = None           # lets the engine go (keep_alive / LRU may unload it again)
 
     def release(self) -> None:
-        """Give the admission slot back (idempotent: the stream's finally and the response's background both call)."""
+        """Give the admission slot and the engine back (idempotent: the stream's finally, the response's background
+        and a refusal all call it)."""
         if self.admission is not None:
             adm, self.admission = self.admission, None
             adm.leave()
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            lease()
 
     def rag_fields(self) -> dict[str, Any]:
         """Extra response fields of a RAG answer; read after the stream ended (the guard decides `grounding`)."""
@@ -121,8 +77,11 @@ class Prepared:
 
 class Service:
     def __init__(self, manager: ModelManager, knowledge_factory: KnowledgeFactory | None = None, metrics=None,
-                 admission=None):
+                 admission=None, allow_rag_off: bool | None = None):
+        """`allow_rag_off`: None: each assistant's `serve.allow_rag_off` decides (the server); True: always (the
+        local `protege run --no-rag`, whose user owns the files)."""
         self.manager = manager
+        self.allow_rag_off = allow_rag_off
         self.knowledge_factory = knowledge_factory or default_knowledge_factory
         self.metrics = metrics
         self.admission = admission
@@ -134,16 +93,57 @@ class Service:
             kb = self._kbs[spec.assistant] = self.knowledge_factory(spec)
         return kb
 
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold an admission slot for work that is not a generation (embeddings): 429 when the queue is full."""
+        if self.admission is None:
+            yield
+            return
+        self.admission.enter()
+        try:
+            yield
+        finally:
+            self.admission.leave()
+
+    def check_rag_policy(self, spec: ModelSpec, rag: bool | None, raw_prompt: bool) -> None:
+        """403 when a client would skip the knowledge base of an assistant that does not allow it."""
+        if not (spec.has_knowledge and spec.cfg.serve.rag) or (rag is not False and not raw_prompt):
+            return
+        if self.allow_rag_off or (self.allow_rag_off is None and spec.cfg.serve.allow_rag_off):
+            return
+        how = "a raw prompt (no retrieval)" if raw_prompt else "turning retrieval off"
+        raise RagRequired(f"The model '{spec.id}' answers from its documents only: {how} is not allowed on this "
+                          "server (serve.allow_rag_off is false).", "prompt" if raw_prompt else "rag")
+
     async def prepare(self, params: GenParams, used: list[str], rag: bool | None = True,
-                      ctx_limit: int | None = None) -> Prepared:
-        spec, engine = await self.manager.get(params.model)
+                      ctx_limit: int | None = None, keep_alive: Any = None) -> Prepared:
+        """Admission first (a full queue is a 429 before any retrieval or model load), then the engine, then RAG."""
+        spec = self.manager.spec(params.model)  # 404/403 need no slot
+        self.check_rag_policy(spec, rag, params.prompt is not None)
+        prep = Prepared(spec, None, params)
+        if self.admission:  # before any response header: a full queue is still a clean 429
+            self.admission.enter()
+            prep.admission = self.admission
+        try:
+            await self._prepare(prep, used, rag, ctx_limit, keep_alive)
+        except BaseException:
+            prep.release()
+            raise
+        if prep.refusal is not None:
+            prep.release()  # a refusal never reaches the engine: no slot to hold
+        return prep
+
+    async def _prepare(self, prep: Prepared, used: list[str], rag: bool | None, ctx_limit: int | None,
+                       keep_alive: Any) -> None:
+        params = prep.params
+        spec, engine, prep.lease = await self.manager.acquire(params.model, keep_alive)
+        prep.engine = engine
         for p in used:
             if not engine.supports(p):
                 raise UnsupportedParameter(f"Parameter '{p}' is not supported by the {engine.name} engine serving "
                                            f"'{spec.id}'.", p)
         if params.prompt is None and not any(m["role"] == "system" for m in params.messages):
             params.messages = [{"role": "system", "content": spec.system_prompt}] + params.messages
-        prep = Prepared(spec, engine, params)
         if spec.has_knowledge and rag is not False and spec.cfg.serve.rag and params.prompt is None:
             kb = await asyncio.to_thread(self.knowledge, spec)
             retrieval = await asyncio.to_thread(kb.retrieve_conversation, params.messages)
@@ -154,7 +154,7 @@ class Service:
                 prep.grounding = "refused"
                 if self.metrics:
                     self.metrics.rag_refusals.labels(spec.id).inc()
-                return prep
+                return
             # the guard's evidence embeds the sources' sentences: do it here, in a thread, not on the event loop
             session = await asyncio.to_thread(kb.guard_session, params.messages, retrieval)
             if session is not None:
@@ -172,10 +172,26 @@ class Service:
                 f"This model's maximum context length is {limit} tokens. However, you requested {n + want} tokens "
                 f"({n} in the messages, {want} in the completion). Please reduce the length of the messages or "
                 "completion.", "messages")
-        if self.admission:  # before any response header: a full queue is still a clean 429
-            self.admission.enter()
-            prep.admission = self.admission
-        return prep
+
+    async def collect(self, prep: Prepared, usage: Usage,
+                      disconnected: Callable[[], Awaitable[Any]]) -> GenResult | None:
+        """A non-streaming answer, unless `disconnected()` returns first: then the generation is cancelled like a
+        stream's (closing it frees the engine's slot) and None comes back. The slot is released either way."""
+        task = asyncio.ensure_future(collect(self.stream(prep, usage), prep.params.n, usage))
+        gone = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            log.info("client went away: cancelling a non-streaming generation of %s", prep.spec.id)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        finally:
+            for t in (task, gone):
+                t.cancel()
+            await asyncio.gather(task, gone, return_exceptions=True)
+            prep.release()
 
     async def stream(self, prep: Prepared, usage: Usage) -> AsyncIterator[GenDelta]:
         """Admission-bounded, metered stream of deltas; closing it stops the engine's generation."""
@@ -230,3 +246,9 @@ def _source_dict(s: Any) -> dict:
     if hasattr(s, "to_dict"):
         return s.to_dict()
     return dict(s)
+
+
+async def wait_disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Return when the ASGI client disconnects (the body was read already: the next message is the disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)

@@ -307,7 +307,7 @@ def test_interrupted_swap_is_finished_by_recover(tmp_path):
     recover(paths)
     assert (paths.root / "merged" / "f").read_text() == "new" and (paths.root / "gguf" / "f").read_text() == "new"
     assert paths.modelfile("q8_0").read_text() == "new" and not paths.modelfile("q4_0").exists()
-    assert sorted(p.name for p in paths.root.iterdir()) == ["Modelfile.q8_0", "gguf", "merged"]
+    assert sorted(p.name for p in paths.root.iterdir() if p.name != ".lock") == ["Modelfile.q8_0", "gguf", "merged"]
 
 
 def test_unverified_stage_is_discarded(tmp_path):

@@ -378,3 +378,66 @@ def test_a_name_the_documents_never_mention_lowers_the_scores(indexed_kb):
     known = "What is the IP rating of the HB-10 enclosure?"  # "IP" is a prefix of "ip55", numbers are not names
     assert strict.unknown_names(known) == []
     assert [s.score for s in plain.search(known)] == [s.score for s in strict.search(known)]
+
+
+# --- issue 12: BOM-marked UTF-16/32 text, a size cap on knowledge files, calibrate keeps links and modes ------------
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_text_with_a_byte_order_mark_is_decoded_not_rejected_as_binary(tmp_path, encoding):
+    from rag.loaders import load_file
+
+    text = "# Café manual\nThe spare fuse is 125 A — ask Zoë.\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data  # the codec adds no BOM itself
+    (tmp_path / "notes.txt").write_bytes(data)
+    assert load_file(tmp_path / "notes.txt", "notes.txt")[0].text == text
+
+
+def test_files_over_the_size_cap_are_skipped_with_their_size(tmp_path, caplog):
+    from protege.config import KnowledgeConfig
+    from rag.loaders import walk
+
+    assert KnowledgeConfig().max_file_mb == 50
+    (tmp_path / "small.md").write_text("# A\nfacts")
+    (tmp_path / "dump.txt").write_bytes(b"x" * (3 * 2**20 + 1))
+    files, skipped = walk(tmp_path, max_bytes=3 * 2**20)
+    assert [p.name for p in files] == ["small.md"]
+    assert skipped == [{"path": "dump.txt", "reason": "too large: 3.0 MiB > knowledge.max_file_mb 3"}]
+    assert [p.name for p in walk(tmp_path)[0]] == ["dump.txt", "small.md"]  # no cap given: nothing skipped
+
+
+def test_index_skips_an_oversized_file_with_a_warning_and_drops_its_old_chunks(tmp_path, caplog):
+    from rag.knowledge import KnowledgeBase
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Fuses\nThe spare fuse is a 125 A NH00 fuse.")
+    (docs / "big.md").write_text("# Big\n" + "Batteries hold energy. " * 40)
+    kb = KnowledgeBase.from_folder(docs, "cap-kb", tmp_path / "chroma", max_file_mb=0.01)
+    assert sorted(kb.index()["added"]) == ["a.md", "big.md"]
+    (docs / "big.md").write_text("# Big\n" + "Batteries hold energy. " * 600)  # now ~13 KiB > 0.01 MiB
+    with caplog.at_level("WARNING", logger="rag.index"):
+        report = kb.index()
+    assert report["removed"] == ["big.md"] and {s["path"] for s in report["skipped"]} == {"big.md"}
+    assert "big.md" in caplog.text and "too large: 13.5 KiB > knowledge.max_file_mb 0.01" in caplog.text
+    assert {s.path for s in kb.search("batteries energy", k=4)} == {"a.md"}
+
+
+def test_calibrate_writes_through_a_symlinked_config_keeping_its_mode_and_comments(tmp_path):
+    from rag.evaluate import write_min_score
+
+    real = tmp_path / "configs" / "bot.yaml"
+    real.parent.mkdir()
+    real.write_text("# my bot\nname: bot\nknowledge:\n  folder: docs  # the docs\n  min_score: 0.5  # old\n")
+    real.chmod(0o644)
+    link = tmp_path / "bot.yaml"
+    link.symlink_to(Path("configs") / "bot.yaml")
+    write_min_score(link, 0.31)
+    assert link.is_symlink() and os.readlink(link) == "configs/bot.yaml"
+    assert real.read_text() == "# my bot\nname: bot\nknowledge:\n  folder: docs  # the docs\n  min_score: 0.31  # old\n"
+    assert (real.stat().st_mode & 0o777) == 0o644
+    assert sorted(p.name for p in real.parent.iterdir()) == ["bot.yaml"]  # no temp file left behind
+    real.chmod(0o640)
+    write_min_score(real, 0.33)
+    assert (real.stat().st_mode & 0o777) == 0o640 and "min_score: 0.33  # old" in real.read_text()

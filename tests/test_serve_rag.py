@@ -24,7 +24,8 @@ def rag_app(tmp_path):
     from serve.engines.fake import FakeEngine
     from serve.registry import Registry
 
-    cfg = config_from_dict({"name": "battery", "knowledge": {"folder": str(CORPUS), "min_score": 0.35}})
+    cfg = config_from_dict({"name": "battery", "knowledge": {"folder": str(CORPUS), "min_score": 0.35},
+                            "serve": {"allow_rag_off": True}})  # the test turns RAG off once
     KnowledgeBase.open(cfg, AssistantPaths.for_name("battery").ensure()).index()
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF")

@@ -298,6 +298,9 @@ def test_rag_answer_carries_sources_and_can_be_turned_off(client, env):
     lines = [json.loads(x) for x in text.splitlines()]
     assert lines[-1]["done"] and lines[-1]["sources"][0]["path"] == "faq.md"
     kb_calls = env.kb.calls
+    assert_error(client.post("/v1/chat/completions", json={"model": "kbot", "messages": USER, "rag": False}), 403,
+                 "rag_required")  # the default policy (tests/test_serve_lifecycle.py has the rest)
+    env.registry.get("kbot").cfg.serve.allow_rag_off = True
     off = client.post("/v1/chat/completions", json={"model": "kbot", "messages": USER, "rag": False}).json()
     assert off["choices"][0]["message"]["content"] == "Echo: hello there friend" and "sources" not in off
     off = client.post("/api/chat", json={"model": "kbot", "messages": USER, "stream": False,
@@ -333,11 +336,9 @@ def test_cors_allowlist(tmp_path):
         assert pre.headers["access-control-allow-credentials"] == "true"
         r = c.get("/v1/models", headers={"Origin": "https://evil.example", "Authorization": "Bearer k"})
         assert "access-control-allow-origin" not in r.headers
-    env = Env(tmp_path, cors_origins=["*"])
-    with TestClient(env.app()) as c:
-        r = c.get("/v1/models", headers={"Origin": "https://x.example"})
-        assert r.headers["access-control-allow-origin"] == "*"
-        assert "access-control-allow-credentials" not in r.headers  # never '*' with credentials
+    for bad in (["*"], ["https://*.example"], ["app.example"]):  # an allowlist, as documented: never a wildcard
+        with pytest.raises(ValueError, match="not allowed|not an origin"):
+            ServeConfig(cors_origins=bad)
 
 
 def test_body_limit(tmp_path):

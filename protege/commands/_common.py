@@ -17,8 +17,14 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def load(args: argparse.Namespace) -> tuple[AssistantConfig, AssistantPaths]:
+def load(args: argparse.Namespace, lock: bool = True) -> tuple[AssistantConfig, AssistantPaths]:
+    """The config and the assistant's folder; `lock` takes the per-assistant lock for the rest of the command (every
+    command that writes the folder comes through here, so two runs of one assistant never interleave)."""
     from protege.config_file import load_config
+    from protege.lock import hold
 
     cfg = load_config(args.config, args.overrides)
-    return cfg, AssistantPaths.for_name(cfg.name).ensure()
+    paths = AssistantPaths.for_name(cfg.name).ensure()
+    if lock:
+        hold(paths)
+    return cfg, paths

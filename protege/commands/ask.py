@@ -27,7 +27,7 @@ def _where(s) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    kb, cfg = open_kb(args)
+    kb, cfg = open_kb(args, lock=False)  # reads only: asking while a build runs is fine
     if kb.store.count() == 0:
         from protege.errors import ProtegeError
 

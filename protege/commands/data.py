@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from builder.data import prepare
     from protege.commands._common import load
 
-    cfg, paths = load(args)
+    cfg, paths = load(args, lock=args.action == "clean")  # check only reads: fine while a build runs
     report = prepare(cfg, paths, write=args.action == "clean")
     print(json.dumps(report, indent=2) if args.json else summary(report))
     if args.action == "clean":

@@ -21,8 +21,9 @@ def add_kb_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--persist", type=Path, help="Chroma folder with --folder (default $PROTEGE_HOME/knowledge/NAME)")
 
 
-def open_kb(args: argparse.Namespace):
-    """(KnowledgeBase, cfg or None): from CONFIG, or from --folder/--collection with --set knowledge.* applied."""
+def open_kb(args: argparse.Namespace, lock: bool = True):
+    """(KnowledgeBase, cfg or None): from CONFIG, or from --folder/--collection with --set knowledge.* applied;
+    `lock`: hold the assistant's lock (commands that index); `protege ask` only reads."""
     from protege.errors import ConfigError
     from rag.knowledge import KnowledgeBase
 
@@ -31,7 +32,7 @@ def open_kb(args: argparse.Namespace):
     if args.config is not None:
         from protege.commands._common import load
 
-        cfg, paths = load(args)
+        cfg, paths = load(args, lock=lock)
         return KnowledgeBase.open(cfg, paths), cfg
     if args.folder is None or not args.collection:
         raise ConfigError("give an assistant.yaml, or --folder DIR and --collection NAME")

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from rag.evaluate import calibrate, load_qa, metrics, score_questions, write_min_score
 
     qa = load_qa(args.qa)
-    kb, cfg = open_kb(args)
+    kb, cfg = open_kb(args, lock=not args.no_index)  # indexing writes the assistant's folder
     if not args.no_index:
         kb.index()
     if args.rag_command == "eval" and args.answers:

@@ -86,7 +86,7 @@ def _local_stream(model: str, cfg, args) -> tuple[Stream, Callable[[], None]]:
     serve_cfg = ServeConfig(parallel=1) if cfg is None else cfg.serve.model_copy(update={"parallel": 1})
     registry = Registry([cfg] if cfg else [])
     manager = ModelManager(registry, engine_factory(args.engine or "llamacpp", serve_cfg))
-    service = Service(manager)
+    service = Service(manager, allow_rag_off=True)  # local: the user owns the files; --no-rag is theirs to use
 
     async def stream(messages: list[dict]) -> AsyncIterator[str]:
         params = GenParams(model=model, messages=list(messages), temperature=args.temperature,

@@ -14,18 +14,21 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from starlette.background import BackgroundTask
 
 from serve import protocol as P
-from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage, collect
+from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage
 from serve.ops import error_body
 from serve.routers.openai import embed_texts, get_embedder
-from serve.service import Prepared, Service
+from serve.models import keep_alive_seconds
+from serve.service import Prepared, Service, wait_disconnect
 
 router = APIRouter()
 VERSION = "0.12.0"
+FOREVER = "9999-12-31T23:59:59Z"  # /api/ps expires_at of a keep_alive < 0 engine
+CLIENT_GONE = 499  # nginx's "client closed request": the status of a non-streaming request whose client left
 
 
 def _svc(request: Request) -> Service:
@@ -72,14 +75,21 @@ async def tags(request: Request) -> Any:
 
 @router.get("/api/ps")
 async def ps(request: Request) -> Any:
+    """The engines resident now (expired ones are unloaded first), most recently used first, with the time each
+    goes (`expires_at`: far future for keep_alive forever; a busy engine's timer starts when its requests end)."""
     mgr = _svc(request).manager
-    out = []
-    for engine in mgr.engines.values():
-        for mid in engine.model_ids:
+    await mgr.sweep()
+    now, out = mgr.clock(), []
+    for res in mgr.running():
+        t = res.expires_at(now)
+        expires = FOREVER if t is None else _iso(t)
+        for mid in res.engine.model_ids:
             spec = mgr.registry.get(mid)
             if spec:
                 m = _model(spec)
-                out.append(P.OllamaRunning(**m.model_dump(), expires_at="9999-12-31T23:59:59Z"))
+                out.append(P.OllamaRunning(**m.model_dump(), expires_at=expires,
+                                           size_vram=m.size if res.engine.name == "vllm" else 0,
+                                           context_length=res.engine.context_length))
     return P.OllamaPs(models=out).model_dump()
 
 
@@ -134,17 +144,17 @@ async def chat(req: P.OllamaChatRequest, request: Request) -> Any:
     if req.think:
         used.append("think")
     params.messages = [{"role": m.role, "content": m.content} for m in req.messages]
-    if not params.messages:  # Ollama: an empty chat loads the model
-        await svc.manager.get(req.model)
+    if not params.messages:  # Ollama: an empty chat loads the model (or unloads it, with keep_alive 0)
         return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
-                "done": True, "done_reason": "load"}
-    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None))
+                "done": True, "done_reason": await _load_call(svc, req.model, req.keep_alive)}
+    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None),
+                             keep_alive=req.keep_alive)
 
     def line(text: str, done: bool, extra: dict | None = None) -> dict:
         return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": text},
                 "done": done, **(extra or {})}
 
-    return await _respond(svc, prep, req.stream, t0, line)
+    return await _respond(svc, prep, req.stream, t0, line, request)
 
 
 @router.post("/api/generate")
@@ -157,30 +167,43 @@ async def generate(req: P.OllamaGenerateRequest, request: Request) -> Any:
         used.append("suffix")
     if getattr(req, "context", None):  # old-style token context: not kept server-side, say so instead of ignoring
         used.append("context")
-    if not req.prompt:  # Ollama: an empty prompt loads the model
-        await svc.manager.get(req.model)
-        return {"model": req.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+    if not req.prompt:  # Ollama: an empty prompt loads the model (or unloads it, with keep_alive 0)
+        return {"model": req.model, "created_at": _now(), "response": "", "done": True,
+                "done_reason": await _load_call(svc, req.model, req.keep_alive)}
     if req.raw:
         params.prompt = req.prompt
         rag = False
     else:
         params.messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
             {"role": "user", "content": req.prompt}]
-    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None))
+    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None),
+                             keep_alive=req.keep_alive)
 
     def line(text: str, done: bool, extra: dict | None = None) -> dict:
         return {"model": req.model, "created_at": _now(), "response": text, "done": done, **(extra or {})}
 
-    return await _respond(svc, prep, req.stream, t0, line)
+    return await _respond(svc, prep, req.stream, t0, line, request)
 
 
-async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line) -> Any:
+async def _load_call(svc: Service, model: str, keep_alive: Any) -> str:
+    """Ollama's load call: load `model` (subject to keep_alive and serve.max_loaded_models), or with keep_alive 0
+    unload it; the done_reason to answer."""
+    if keep_alive is not None and keep_alive_seconds(keep_alive) == 0:
+        await svc.manager.unload(model)
+        return "unload"
+    await svc.manager.get(model, keep_alive)
+    return "load"
+
+
+async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line, request: Request) -> Any:
     if not stream:
         if prep.refusal is not None:
             usage, text, reason = Usage(), prep.refusal, "stop"
         else:
             usage = Usage()
-            res = await collect(svc.stream(prep, usage), 1, usage)
+            res = await svc.collect(prep, usage, lambda: wait_disconnect(request.receive))
+            if res is None:
+                return Response(status_code=CLIENT_GONE)
             text, reason = res.texts[0], res.finish_reasons[0]
         return JSONResponse(line(text, True, {**_timings(usage, t0, reason), **prep.rag_fields()}))
     return StreamingResponse(_ndjson(svc, prep, t0, line), media_type="application/x-ndjson",
@@ -213,7 +236,10 @@ async def embed(req: P.OllamaEmbedRequest, request: Request) -> Any:
     t0 = time.perf_counter_ns()
     texts = req.texts()
     embedder = await get_embedder(request, req.model)
-    vecs = await asyncio.to_thread(embed_texts, embedder, texts)
+    if req.keep_alive is not None:  # the served model of that id, if any, keeps (or drops) its engine like a chat
+        await _svc(request).manager.keep(req.model, req.keep_alive)
+    with _svc(request).admitted():  # embeddings share the admission bound with generations: 429 when full
+        vecs = await asyncio.to_thread(embed_texts, embedder, texts)
     return P.OllamaEmbedResponse(model=req.model, embeddings=vecs, total_duration=time.perf_counter_ns() - t0,
                                  prompt_eval_count=sum(len(t.split()) for t in texts)).model_dump()
 

@@ -12,16 +12,17 @@ import time
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 from sse_starlette.sse import EventSourceResponse
 
 from serve import protocol as P
-from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage, collect
+from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage
 from serve.ops import error_body
-from serve.service import Prepared, Service
+from serve.service import Prepared, Service, wait_disconnect
 
 router = APIRouter()
+CLIENT_GONE = 499  # nginx's "client closed request": the metrics' status of a non-streaming request whose client left
 
 
 def _svc(request: Request) -> Service:
@@ -80,7 +81,9 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> An
         lps = None
     else:
         usage = Usage()
-        res = await collect(svc.stream(prep, usage), req.n, usage)
+        res = await svc.collect(prep, usage, lambda: wait_disconnect(request.receive))
+        if res is None:
+            return Response(status_code=CLIENT_GONE)
         texts, reasons, lps = res.texts, res.finish_reasons, res.logprobs
     out = P.ChatCompletionResponse(
         model=req.model,
@@ -157,7 +160,9 @@ async def completions(req: P.CompletionRequest, request: Request) -> Any:
         return EventSourceResponse(_completion_events(svc, prep, req), ping=15,
                                    background=BackgroundTask(prep.release))
     usage = Usage()
-    res = await collect(svc.stream(prep, usage), req.n, usage)
+    res = await svc.collect(prep, usage, lambda: wait_disconnect(request.receive))
+    if res is None:
+        return Response(status_code=CLIENT_GONE)
     out = P.CompletionResponse(
         model=req.model,
         choices=[P.CompletionChoice(index=i, text=t, finish_reason=res.finish_reasons[i])  # type: ignore[arg-type]
@@ -208,7 +213,8 @@ async def embeddings(req: P.EmbeddingRequest, request: Request) -> Any:
     if req.dimensions:
         raise UnsupportedParameter("'dimensions' is not supported by the local embedder.", "dimensions")
     embedder = await get_embedder(request, req.model)
-    vecs = await asyncio.to_thread(embed_texts, embedder, texts)
+    with _svc(request).admitted():  # embeddings share the admission bound with generations: 429 when full
+        vecs = await asyncio.to_thread(embed_texts, embedder, texts)
     data: list[P.EmbeddingData] = []
     for i, v in enumerate(vecs):
         if req.encoding_format == "base64":
