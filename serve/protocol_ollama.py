@@ -96,7 +96,7 @@ class OllamaGenerateRequest(Request):
 class OllamaFinal(_Out):
     """Timing fields on the final line of /api/chat and /api/generate (nanoseconds, like Ollama)."""
 
-    done_reason: Literal["stop", "length", "load"] | None = "stop"
+    done_reason: Literal["stop", "length", "load", "unload"] | None = "stop"
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0

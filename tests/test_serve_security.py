@@ -94,6 +94,9 @@ def test_cli_server_keys_come_from_flags_and_env_only(monkeypatch):
     args = build_parser().parse_args(["serve", "--api-key", "flag-1"])
     cfg = serve_config(args, [config_from_dict({"name": "alpha", "serve": {"api_keys": ["key-alpha"]}})])
     assert cfg.api_keys == ["flag-1", "env-1", "env-2"]  # alpha's key stays alpha's (per assistant, not global)
+    args = build_parser().parse_args(["serve", "--keep-alive", "30s", "--max-loaded-models", "3"])
+    cfg = serve_config(args, [])
+    assert (cfg.keep_alive, cfg.max_loaded_models) == ("30s", 3)
 
 
 def test_non_loopback_bind_needs_a_key_or_insecure(tmp_path, monkeypatch, capsys):
@@ -126,7 +129,9 @@ def test_bad_serve_flags_are_one_line_errors(tmp_path, capsys):
     for flag, value, text in [("--parallel", "0", "--parallel: Input should be greater than 0, got 0"),
                               ("--port", "70000", "--port: Input should be less than 65536"),
                               ("--cors-origin", "*", "--cors-origin: '*' is not allowed"),
-                              ("--max-queue", "-1", "--max-queue")]:
+                              ("--max-queue", "-1", "--max-queue"),
+                              ("--keep-alive", "soon", "--keep-alive: keep_alive must be a duration"),
+                              ("--max-loaded-models", "0", "--max-loaded-models: Input should be greater than")]:
         assert main(["serve", str(config), "--no-registry", "--engine", "fake", flag, value]) == 2
         err = capsys.readouterr().err
         assert text in err and "Traceback" not in err, err

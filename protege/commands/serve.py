@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, help="context length per sequence (default: serve.n_ctx)")
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp")
     p.add_argument("--max-queue", type=int, help="requests waiting beyond --parallel before 429")
+    p.add_argument("--keep-alive", help="how long an idle model stays loaded: '5m', '30s', 0 unloads at once, "
+                   "-1 keeps it (default: serve.keep_alive, 5m)")
+    p.add_argument("--max-loaded-models", type=int, help="models resident at once; the least recently used idle one "
+                   "is unloaded (default: serve.max_loaded_models)")
     p.add_argument("--no-registry", action="store_true", help="serve only the CONFIGs, not $PROTEGE_HOME's assistants")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -42,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # argparse dest -> ServeConfig field, and the flag named in errors
 FLAGS = [("host", "host", "--host"), ("port", "port", "--port"), ("engine", "engine", "--engine"),
          ("parallel", "parallel", "--parallel"), ("n_ctx", "n_ctx", "--n-ctx"), ("threads", "n_threads", "--threads"),
-         ("max_queue", "max_queue", "--max-queue"), ("cors_origins", "cors_origins", "--cors-origin")]
+         ("max_queue", "max_queue", "--max-queue"), ("cors_origins", "cors_origins", "--cors-origin"),
+         ("keep_alive", "keep_alive", "--keep-alive"), ("max_loaded_models", "max_loaded_models", "--max-loaded-models")]
 
 
 def serve_config(args: argparse.Namespace, configs: list) -> "object":
