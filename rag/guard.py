@@ -13,6 +13,7 @@ The model's reply is checked sentence by sentence as it streams (a sentence is h
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -25,7 +26,15 @@ _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 _MAX_SENTENCE_WORDS = 60
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
+    (re.compile(r"\b(save|saving|savings|discount|percent|percentage)\b", re.I), re.compile(r"\d\s?%")),
     (re.compile(r"\b(how much|cost|price|pay|fee|charge|cheap|expensive|\$)", re.I), re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
+    (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),
+     # a person's name: two capitalised words after a lower-case word or a "Key:" (not a sentence's first words,
+     # not part of a longer name such as a company's "Byte Harbor Cloud")
+     re.compile(r"(?:\b[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])")),
+    (re.compile(r"\b(address|street|headquarter|headquarters|hq)\b", re.I),
+     re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),
+    (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), re.compile(r"\+?\d[\d ().-]{7,}\d")),
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
                 r"how fast)\b", re.I),
      re.compile(r"\b(19|20)\d\d\b|\b\d{1,2}:\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
@@ -43,6 +52,7 @@ _ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table r
 RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sentence's cosine
 QUOTE_K = 3       # the runner-up quoted with the best must be among this many
 RUNNER_UP = 0.6  # ... and score at least this share of the best
+STRICT_COVER = True  # a reply must state a fact of its quote's sentences, not any source's (see _states_evidence)
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
 ON_TOPIC = 1 / 3  # share of the question's content words a sentence must hold to count as answering it
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
@@ -93,6 +103,48 @@ def _logical_lines(text: str) -> list[str]:
     return lines
 
 
+_SUPERLATIVE = [  # (what the question says, which values compare, True: the largest wins)
+    (re.compile(r"\b(newest|latest|most recent|youngest)\b", re.I), "year", True),
+    (re.compile(r"\b(oldest|first|earliest)\b", re.I), "year", False),
+    (re.compile(r"\b(cheapest|least expensive|lowest[- ]priced|smallest|entry[- ]level)\b", re.I), "money", False),
+    (re.compile(r"\b(most expensive|priciest|biggest|largest|top[- ]tier)\b", re.I), "money", True),
+]
+
+
+def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
+    """Questions about the extreme of a table ("Which region opened last?") are answered by comparing its rows: the
+    row whose year (or price) is the largest or smallest, among rows of the same table (the same keys)."""
+    for said, kind, largest in _SUPERLATIVE:
+        if not said.search(question):
+            continue
+        rows: dict[tuple[str, ...], list[tuple[float, Evidence]]] = {}
+        for e in evidence:
+            if not _ROW.match(e.text):
+                continue
+            fields = [f.partition(": ") for f in e.text.rstrip(".").split("; ")]
+            values = [v for _, _, v in fields if (re.fullmatch(r"(19|20)\d\d", v.strip()) if kind == "year"
+                                                  else re.fullmatch(r"[$€£]\d[\d,]*(\.\d+)?", v.strip()))]
+            if values:
+                key = tuple(k for k, _, _ in fields)
+                rows.setdefault(key, []).append((float(values[0].strip().lstrip("$€£").replace(",", "")), e))
+        tables = [r for r in rows.values() if len(r) >= 2]
+        if tables:
+            table = max(tables, key=len)
+            return (max if largest else min)(table, key=lambda r: r[0])[1]
+    return None
+
+
+def _idf(qwords: set[str], sentences: list[str]) -> dict[str, float]:
+    """How much each question word tells the candidate sentences apart: a word that every sentence of the sources
+    holds ("backup" in the backup document) counts little, a rare one ("minute", "germany") much."""
+    n = len(sentences)
+    df = dict.fromkeys(qwords, 0)
+    for s in sentences:
+        for w in qwords & content_words(s):
+            df[w] += 1
+    return {w: math.log(1 + n / (1 + d)) for w, d in df.items()}
+
+
 def content_words(text: str) -> set[str]:
     """Lower-cased words without stop words, crudely stemmed (opened ~ open, plans ~ plan)."""
     return {_stem(w) for w in WORD.findall(text.lower()) if w not in STOP_WORDS}
@@ -134,6 +186,7 @@ class Guard:
         if not cands:
             return []
         qwords = content_words(question)
+        weight = _idf(qwords, [c for c, _ in cands if c])
         asks = [has for ask, has in _ASKS if ask.search(question)]
         sims = self._cosines(question, [c for c, _ in cands if c])
         scored, k = [], 0
@@ -142,16 +195,21 @@ class Guard:
                 continue
             sim, k = sims[k], k + 1
             words = content_words(sent)
-            overlap = len(qwords & words) / max(1, len(qwords))
+            overlap = sum(weight[w] for w in qwords & words) / max(1e-9, sum(weight.values()))
             kind = sum((0.2 if j == 0 else 0.1) for j, has in enumerate(asks) if has.search(sent))
             rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
             nxt = cands[i + 1][0] if i + 1 < len(cands) else ""
-            if nxt and len(WORD.findall(sent)) < SHORT:  # a short sentence is quoted with the one after it
+            if nxt and len(WORD.findall(sent)) < SHORT and not _ROW.match(sent):  # a short sentence (not a table
+                # row: rows stand alone) is quoted with the one after it
                 sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
             primary = bool(asks) and bool(asks[0].search(sent))
             scored.append(Evidence(sent, n, sim + 0.5 * overlap + kind + rank, primary))
         # what the question asks for (a price, a date, a code) comes first when any sentence carries it
         scored.sort(key=lambda e: (-e.primary, -e.score))
+        top = _extreme_row(question, scored)
+        if top is not None:  # "the newest region", "the cheapest plan": the table row that holds the extreme value
+            scored.remove(top)
+            scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True))
         # the quote is the best; coverage also accepts any sentence on the question's topic (see _states_evidence)
         on_topic = [e for e in scored[self.evidence_k:]
                     if qwords and len(qwords & content_words(e.text)) / len(qwords) >= ON_TOPIC]
@@ -266,10 +324,12 @@ class GuardedReply:
         return sentence
 
     def _states_evidence(self) -> bool:
-        """True when the reply carries a fact of the evidence, or the evidence holds no checkable fact at all."""
+        """True when the reply carries a fact of the quote it would get (the best evidence), or the evidence holds no
+        checkable fact at all. A small model that reads the right document often states a neighbouring fact of it:
+        a fact found elsewhere in the sources does not stand in for the best-matching one."""
         said = claims(self.released)
         facts = Claims()
-        for e in self.evidence:
+        for e in (self._quoted() if STRICT_COVER else self.evidence):
             c = claims(e.text)
             facts.numbers |= c.numbers
             facts.codes |= c.codes
@@ -277,18 +337,24 @@ class GuardedReply:
             return bool(strip_scaffold(self.released).strip(" \n" + (self.marker or "")))
         return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))
 
+    def _quoted(self) -> list[Evidence]:
+        """The evidence a quote is made of: the best sentence, and a runner-up of the same source that completes it."""
+        best = self.evidence[0]
+        runner = next((e for e in self.evidence[1:QUOTE_K] if e.source == best.source
+                       and e.score >= RUNNER_UP * best.score and e.text not in best.text and best.text not in e.text
+                       and not (_ROW.match(best.text) and _ROW.match(e.text))), None)  # sibling rows: alternatives
+        return [best] if runner is None else [best, runner]
+
     def _quote(self) -> str:
         self.grounding = "extractive"
-        best = self.evidence[0]
-        text = best.text.rstrip()
-        runner = next((e for e in self.evidence[1:QUOTE_K] if e.source == best.source
-                       and e.score >= RUNNER_UP * best.score and e.text not in text and text not in e.text
-                       and not (_ROW.match(text) and _ROW.match(e.text))), None)  # sibling rows: alternatives
-        if runner is not None:  # two-part answers ("locked after 10 tries; the lock lasts 30 minutes")
-            text = f"{text} {runner.text.rstrip()}" if text[-1:] in ".!?;:" else f"{text}. {runner.text.rstrip()}"
+        parts = self._quoted()
+        text = parts[0].text.rstrip()
+        if len(parts) > 1:  # two-part answers ("locked after 10 tries; the lock lasts 30 minutes")
+            nxt = parts[1].text.rstrip()
+            text = f"{text} {nxt}" if text[-1:] in ".!?;:" else f"{text}. {nxt}"
         body = text[:-1] if text[-1:] in ".!?" else text
         end = text[-1] if text[-1:] in ".!?" else "."
-        quote = f"{body} [{best.source}]{end}"
+        quote = f"{body} [{parts[0].source}]{end}"
         head = self.released
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote

@@ -150,3 +150,39 @@ def test_money_is_not_any_number():
 def test_a_quoted_table_row_comes_alone():
     text, grounding, _ = run("How much is the Sloop per hour?", "Ahoy! It is cheap.")
     assert grounding == "extractive" and "$0.021" in text and "Dinghy" not in text
+
+
+BILLING = Source("billing.md", "Billing", None, "c4", 0.7, text=(
+    "Billing\nInvoices are issued on the first day of each month and paid by card. "
+    "Customers who prepay twelve months of a plan get 10% off that plan's price. "
+    "A plan costs $14 per month when paid monthly, and refunds are given within 30 days."))
+HISTORY = Source("history.md", "History", None, "c5", 0.7, text=(
+    "History\nByte Harbor Cloud is an independent cloud-hosting company with offices in three countries. "
+    "The company was founded in 2014 in Halifax by Marisol Quint and Devan Ashcroft."))
+
+
+def test_evidence_carries_the_kind_of_fact_asked_for():
+    # "how much do I save" asks for a share, not a price; "who" asks for a person's name
+    assert "10%" in session("How much do I save if I prepay a year?", sources=(BILLING,)).evidence[0].text
+    assert "Marisol Quint" in session("Who started the company?", sources=(HISTORY,)).evidence[0].text
+
+
+def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
+    # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: quote it
+    text, grounding, bad = run("How much do I save if I prepay a year?", "Ahoy! A plan costs $14 per month [1].",
+                               sources=(BILLING,))
+    assert bad == [] and grounding == "extractive" and "10%" in text and text.startswith("Ahoy! A plan costs $14")
+    text, grounding, _ = run("How much do I save if I prepay a year?", "Ahoy! You get 10% off [1].",
+                             sources=(BILLING,))
+    assert grounding == "generated" and text == "Ahoy! You get 10% off [1]."
+
+
+def test_superlatives_compare_the_rows_of_a_table():
+    rows = Source("regions.md", "Regions", None, "c6", 0.6, text=(
+        "Regions\nRegion code: hfx1; City: Halifax; Opened: 2014\nRegion code: syd1; City: Sydney; Opened: 2024\n"
+        "Region code: yyz1; City: Toronto; Opened: 2017\nThe Toronto region is the newest choice for Canadian data."))
+    assert "Sydney" in session("Which is your newest region?", sources=(rows,)).evidence[0].text
+    assert "Halifax" in session("Which region is the oldest?", sources=(rows,)).evidence[0].text
+    assert "Dinghy" in session("What does the cheapest plan cost?", sources=(PRICING,)).evidence[0].text
+    text, grounding, _ = run("Which is your newest region?", "Ahoy! Toronto is the newest [1].", sources=(rows,))
+    assert grounding == "extractive" and "syd1" in text  # a name is no number: the quote with the fact is added
