@@ -75,3 +75,33 @@ def disk_full(exc: BaseException) -> str | None:
             return f"no space left on device ({type(e).__name__}: {str(e)[:200]}); free some space and run it again"
         e = e.__cause__ or e.__context__
     return None
+
+
+class AssistantNotFound(ProtegeError):
+    """No built assistant of that name: the message names it and the registry searched, since a wrong $PROTEGE_HOME
+    is the usual cause."""
+
+    exit_code = 1
+
+    def __init__(self, name: str, home: str, known: list[str] | None = None):
+        built = f"built there: {', '.join(known)}" if known else "none built there yet"
+        super().__init__(f"no assistant {name!r} in $PROTEGE_HOME={home} ({built}); "
+                         f"build it with `protege build CONFIG`")
+        self.name, self.home = name, home
+
+
+class NoKnowledgeError(ProtegeError):
+    """A RAG call (ask, retrieve, index) on an assistant whose config has no knowledge section."""
+
+    exit_code = 1
+
+
+class GenerationError(ProtegeError):
+    """The engine turned a request down (context too long, unsupported parameter, no weights to load); `code` is the
+    server's error code for the same case, so API and HTTP callers can branch on one vocabulary."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code

@@ -1,6 +1,8 @@
-"""The assistant's own model in-process, for `protege ask` and `protege rag eval --answers`: the same llama.cpp engine,
-the same GGUF choice (serve/registry.py decides which file an id serves) and the same RAG sampling defaults as the
-server, so a question answers the same way in the terminal and over HTTP."""
+"""The assistant's own model in-process, for `protege rag eval --answers` and the build's answers stage
+(protege/answer_eval.py): the same llama.cpp engine, the same GGUF choice (serve/registry.py decides which file an id
+serves) and the same RAG sampling defaults as the server. `protege ask` and the Python API answer through
+protege/api.py instead (the server's own request path); folding this eval onto it too is left to issue 11.
+"""
 
 from __future__ import annotations
 

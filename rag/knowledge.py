@@ -140,8 +140,9 @@ class KnowledgeBase:
         return self.guard.session(retrieval.question, retrieval.sources, context, self.marker, self.refusal)
 
     def answer(self, question: str | list[dict], generate: Callable[[list[dict]], str]) -> Answer:
-        """The whole grounded answer for `protege ask` and the API: retrieve on the conversation, gate, generate on
-        the grounded prompt, guard. `question` is a string or a chat (list of messages)."""
+        """The whole grounded answer for the answer eval (protege/answer_eval.py): retrieve on the conversation, gate,
+        generate on the grounded prompt, guard. `question` is a string or a chat (list of messages). `protege ask`
+        and the Python API take the server's path instead (protege/api.py -> serve/service.py)."""
         messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
         retrieval = self.retrieve_conversation(messages)
         if retrieval.refused:

@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-import protege.build as build_mod
+import protege.stages as build_mod
 from protege.config_file import load_config
 from protege.paths import AssistantPaths, list_assistants
 

@@ -81,7 +81,7 @@ def test_bad_train_qa_line_names_file_and_line(tmp_path, row, expected):
 
 
 def test_editing_train_qa_retrains_and_a_plain_build_does_not_depend_on_the_index(tmp_path):
-    from protege.build import depends_on, plan_stages
+    from protege.stages import depends_on, plan_stages
 
     cfg = _cfg(tmp_path)
     paths = AssistantPaths.for_name(cfg.name)

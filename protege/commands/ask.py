@@ -1,8 +1,10 @@
 """`protege ask`: Ask the assistant (RAG with sources and a confidence gate).
 
-Below knowledge.min_score the configured refusal is printed and the LLM is never loaded. The answer takes the same path
-as the server's (rag/knowledge.py: retrieve, gate, grounded prompt, guard) on the same engine and GGUF
-(protege/llm.py); `--json` says whether the reply is the model's words or a quote (`grounding`)."""
+A shell over `protege.Assistant.ask` (protege/api.py), which answers through the server's own request path
+(serve/service.py: retrieve on the conversation, gate, grounded prompt, RAG sampling, guard) on the same engine and GGUF
+(serve/registry.py decides which): a question answers the same way here and over HTTP. Below knowledge.min_score the
+configured refusal is printed and the model is never called; `--json` says whether the reply is the model's words or a
+quote (`grounding`)."""
 
 from __future__ import annotations
 
@@ -33,24 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
         how = f"protege index {args.config}" if args.config else f"protege index --folder {args.folder} --collection {args.collection}"
         raise ProtegeError(f"the knowledge collection {kb.collection!r} is empty: run `{how}` first")
-    if args.retrieve_only:
-        r = kb.retrieve(args.question)
-        if args.json:
-            print(json.dumps({"question": r.question, "refused": r.refused, "confidence": r.confidence,
-                              "sources": [s.to_dict(with_text=True) for s in r.sources]}, indent=2))
-        else:
-            print(f"{'REFUSED' if r.refused else 'ANSWERABLE'} (confidence {r.confidence:.3f}, "
-                  f"min_score {kb.cfg.min_score})")
-            for n, s in enumerate(r.sources, 1):
-                print(f"[{n}] {_where(s)}  score {s.score:.3f}\n    {s.text[:200].replace(chr(10), ' ')}")
-        return 0
-    from protege.llm import LocalLLM
+    from protege.api import Assistant
 
-    llm = LocalLLM(cfg, args.max_tokens)  # cfg None (--folder): the embedded base model
-    try:
-        ans = kb.answer(args.question, llm)
-    finally:
-        llm.close()
+    with (Assistant(cfg, knowledge=kb) if cfg is not None else Assistant.from_knowledge(kb)) as assistant:
+        if args.retrieve_only:
+            _print_retrieval(assistant.retrieve(args.question), kb.cfg.min_score, args.json)
+            return 0
+        ans = assistant.ask(args.question, **({"max_tokens": args.max_tokens} if args.max_tokens else {}))
     if args.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
         return 0
@@ -61,3 +52,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{n}] {_where(s)}  score {s.score:.3f}")
     print(f"confidence {ans.confidence:.3f}{' (refused: below min_score ' + str(kb.cfg.min_score) + ')' if ans.refused else ''}")
     return 0
+
+
+def _print_retrieval(r, min_score: float, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"question": r.question, "refused": r.refused, "confidence": r.confidence,
+                          "sources": [s.to_dict(with_text=True) for s in r.sources]}, indent=2))
+        return
+    print(f"{'REFUSED' if r.refused else 'ANSWERABLE'} (confidence {r.confidence:.3f}, min_score {min_score})")
+    for n, s in enumerate(r.sources, 1):
+        print(f"[{n}] {_where(s)}  score {s.score:.3f}\n    {s.text[:200].replace(chr(10), ' ')}")

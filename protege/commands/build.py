@@ -1,4 +1,6 @@
-"""`protege build`: index -> data -> train -> eval -> export -> answers -> register, skipping unchanged stages."""
+"""`protege build`: index -> data -> train -> eval -> export -> answers -> register, skipping unchanged stages.
+
+A shell over `protege.build()` (protege/api.py): this module only parses the flags and prints the summary."""
 
 from __future__ import annotations
 
@@ -18,23 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from protege.build import STAGES, build
-    from protege.commands._common import load
-    from protege.errors import ConfigError
+    from protege.api import build
 
-    bad = [s for s in args.force if s not in STAGES and s != "all"]
-    if bad:
-        raise ConfigError(f"--force {bad[0]}: expected one of {', '.join(STAGES)} or all")
-    cfg, paths = load(args)
-    console = Console()
-    console.print(f"[bold]Building {cfg.name}[/] into {paths.root}")
-
-    def on_stage(name: str, event: str) -> None:
-        if event == "start":
-            console.rule(f"[bold cyan]{name}")
-
-    outcomes = build(cfg, paths, force=set(args.force), on_stage=on_stage)
-    print_summary(console, cfg, paths, outcomes)
+    a = build(args.config, force=args.force, overrides=args.overrides, progress=True)
+    print_summary(Console(), a.config, a.paths, a.outcomes)
     return 0
 
 

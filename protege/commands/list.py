@@ -1,4 +1,4 @@
-"""`protege list`: the built assistants of the registry ($PROTEGE_HOME/assistants)."""
+"""`protege list`: the built assistants of the registry ($PROTEGE_HOME/assistants), from `protege.list_assistants()`."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protege.paths import list_assistants, read_manifest
+    from protege.api import list_assistants
 
-    rows = []
-    for a in list_assistants():
-        manifest = read_manifest(a)
-        rows.append({
-            "name": a.name,
-            "quants": a.quants(),
-            "knowledge": a.knowledge.is_dir(),
-            "built_at": manifest.get("built_at"),
-            "path": str(a.root),
-        })
+    rows = [{"name": a.name, "quants": a.quants, "knowledge": a.has_knowledge, "built_at": a.built_at,
+             "path": str(a.path)} for a in list_assistants()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -1,4 +1,5 @@
-"""`protege build`: data -> train -> eval -> export -> index -> register, each stage skipped when its inputs are unchanged.
+"""The stages of `protege build` (and `protege.build()`, protege/api.py): index -> data -> train -> eval -> export ->
+answers -> register, each skipped when its inputs are unchanged. (Not named build.py: `protege.build` is the API call.)
 
 The manifest (build.json) records, per stage, a key hashed from the config sections and input files the stage reads;
 a stage reruns only when that key changed, its outputs are gone, or `--force STAGE` asks. Stage code is imported only
