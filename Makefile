@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/train_throughput.py && $(PY) bench/rag_latency.py && $(PY) bench/serve_throughput.py
+
+# 16 clients for 5 minutes against a real `protege serve`; prints the figures and PASS/FAIL (bench/soak.py)
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
