@@ -28,7 +28,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", type=Path)
     ap.add_argument("qa", type=Path, nargs="+")
-    ap.add_argument("--detail", action="store_true", help="print every question's reply")
+    ap.add_argument("--detail", action="store_true", help="print every question's reply (never for a held-out file)")
+    ap.add_argument("--guard", choices=["both", "on", "off"], default="both",
+                    help="measure with the guard on, off or both")
     args = ap.parse_args()
 
     from protege.answer_eval import evaluate_answers
@@ -38,14 +40,14 @@ def main() -> None:
     from rag.knowledge import KnowledgeBase
 
     rows = []
-    for guard in (True, False):
+    for guard in {"both": (True, False), "on": (True,), "off": (False,)}[args.guard]:
         cfg = load_config(args.config)
         cfg.knowledge.guard = guard
         kb = KnowledgeBase.open(cfg, AssistantPaths.for_name(cfg.name))
         for qa_path in args.qa:
             m, detail = evaluate_answers(kb, cfg, load_qa(qa_path))
             rows.append({"qa": qa_path.name, "guard": guard, **{k: m.get(k) for k in KEYS}})
-            if args.detail:
+            if args.detail and "heldout" not in qa_path.name:
                 for d in detail:
                     print(f"  {'ok ' if d['holds'] else '-- ' if d['holds'] is False else '   '}{d['grounding']:10s} "
                           f"{d['question'][:60]!r} -> {d['answer'][:120]!r}")

@@ -2,8 +2,9 @@
 per QA set, hit@1 / hit@3, in-domain answered and trap (source null) refusal at the configured `min_score` and at the
 threshold calibrated on the DEV set only (the held-out sets are scored, never tuned on).
 
-DEV (tuning allowed): examples/captain-byte/qa.jsonl (+ train_qa.jsonl when present) + the extra paraphrases in
-tests/test_retrieval_generalize.py, and tests/assets/rag_qa.jsonl for the test corpus.
+DEV (tuning allowed): examples/captain-byte/qa.jsonl (+ train_qa.jsonl when present) + qa_paraphrases.jsonl (the
+paraphrases and near-domain traps tests/test_retrieval_generalize.py also scores), and tests/assets/rag_qa.jsonl for
+the test corpus.
 HELD-OUT (report only): examples/captain-byte/qa_heldout.jsonl (when present) and tests/assets/rag_qa_b.jsonl.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/retrieval_heldout.py
@@ -50,14 +51,7 @@ def qa_rows(path: Path) -> list[dict]:
 
 
 def demo_dev() -> list[dict]:
-    rows = qa_rows(DEMO / "qa.jsonl") + qa_rows(DEMO / "train_qa.jsonl")
-    try:
-        from tests.test_retrieval_generalize import EXTRA_DEV
-
-        rows += [dict(r) for r in EXTRA_DEV]
-    except ImportError:
-        pass
-    return rows
+    return qa_rows(DEMO / "qa.jsonl") + qa_rows(DEMO / "train_qa.jsonl") + qa_rows(DEMO / "qa_paraphrases.jsonl")
 
 
 def report(scored: list[dict], min_score: float) -> dict:

@@ -1,7 +1,7 @@
 """Training throughput: `protege train`'s path (trl SFTTrainer, masked labels, padding-free packed rows of
 max_seq_len on CUDA, length-grouped batches on CPU) vs the plain recipe from the seeds (HF Trainer + peft +
-bitsandbytes, every sample padded to 384, batch 4), both QLoRA nf4 on the same base and the same synthetic persona
-data, measured in the same run. Each side runs in its own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
+bitsandbytes, every sample padded to 384, batch 4), both QLoRA nf4 on the same base and the same persona data (the demo's
+examples/captain-byte/conversations/chats.jsonl), measured in the same run. Each side runs in its own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
 steps (the first step, with its warm-up, is excluded). Prints both and the ratio; appends a JSON line to
 bench/results/train_throughput.jsonl. No absolute time is asserted.
 
@@ -28,6 +28,29 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PROTEGE_BASE_HOME", str(ROOT / ".pytest_cache" / "protege-base"))
 PLAIN_LEN, PLAIN_BATCH = 384, 4
+DATA = ROOT / "examples" / "captain-byte" / "conversations" / "chats.jsonl"
+TOKENIZER_DIR = ROOT / "tests" / "assets" / "smollm2-tokenizer"  # a data file; the bench imports nothing from tests/
+SHAPES = {  # random-weight Llamas: "tiny" for quick CPU runs, "smollm2-shaped" (SmolLM2-135M's shape) for machines
+    # without the base package
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0),
+    "smollm2-shaped": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                           num_key_value_heads=3, max_position_embeddings=2048, rope_theta=100000.0),
+}
+
+
+def random_llama(out: Path, shape: str) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, rms_norm_eps=1e-5,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         **SHAPES[shape])
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
 
 
 def step_timer():
@@ -116,15 +139,13 @@ def child(side: str, base: str, steps: int) -> None:
     import torch
 
     from builder.monitor import peak_memory_mb
-    from builder.synth import write_dataset
     from protege.paths import AssistantPaths
 
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_dataset(Path(tmp) / "data", n=300, seed=3)
         os.environ["PROTEGE_HOME"] = str(Path(tmp) / "home")
-        cfg = make_cfg(base, data, steps, Path(tmp))
+        cfg = make_cfg(base, DATA, steps, Path(tmp))
         paths = AssistantPaths.for_name("bench")
         res = (run_ours if side == "ours" else run_plain)(cfg, paths)
         res["peak_memory_mb"] = peak_memory_mb(res["device"])
@@ -142,14 +163,8 @@ def main() -> None:
         return child(args.child, args.model, args.steps)
     model = args.model
     tmp = tempfile.mkdtemp()
-    if model == "tiny":
-        from tests.tiny_model import make_tiny_llama
-
-        model = str(make_tiny_llama(Path(tmp) / "tiny"))
-    elif model == "smollm2-shaped":  # random weights, SmolLM2-135M's shape: for machines without the base package
-        from tests.test_train_gpu import make_smollm2_shaped
-
-        model = str(make_smollm2_shaped(Path(tmp) / "smollm2-shaped"))
+    if model in SHAPES:
+        model = str(random_llama(Path(tmp) / model, model))
     results = {}
     for side in ("plain", "ours"):
         out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model, "--steps",
@@ -169,7 +184,7 @@ def main() -> None:
 
     record = {"bench": "train_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.machine(), "platform": platform.platform(), "cpus": os.cpu_count(),
-              "model": args.model, "steps": args.steps, "torch": torch.__version__,
+              "model": args.model, "data": str(DATA.relative_to(ROOT)), "steps": args.steps, "torch": torch.__version__,
               "transformers": transformers.__version__, "trl": trl.__version__, **results,
               "ratio_tokens_per_second": round(ratio, 3), "ratio_peak_memory": round(mem, 3)}
     out_dir = ROOT / "bench" / "results"

@@ -35,11 +35,6 @@ def ftype_of(quant: str) -> int:
     return int(value)
 
 
-def ggml_type_of(name: str) -> int:
-    llama_cpp = require("llama_cpp", "export")
-    return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}"))
-
-
 def k_incompatible(src: Path) -> list[str]:
     """Matrices whose rows (ne0) are not a multiple of 256: llama.cpp cannot give them a K-quant type."""
     import gguf
@@ -51,9 +46,7 @@ def k_incompatible(src: Path) -> list[str]:
 def plan(src: Path, quant: str) -> dict[str, Any]:
     """The llama_model_quantize settings for `quant` on this model, with the reason (goes to export_report.json)."""
     quant = quant.lower()
-    recipe: dict[str, Any] = {"requested": quant, "base_type": quant, "pure": False,
-                              "token_embedding_type": None, "output_tensor_type": None,
-                              "why": "llama.cpp's own mix for this type"}
+    recipe: dict[str, Any] = {"requested": quant, "base_type": quant, "why": "llama.cpp's own mix for this type"}
     if quant in K_FALLBACK:
         bad = k_incompatible(src)
         if bad:
@@ -72,11 +65,6 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Pa
     recipe = plan(src, quant)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_of(recipe["base_type"])
-    params.pure = bool(recipe["pure"])
-    if recipe["token_embedding_type"]:
-        params.token_embedding_type = ggml_type_of(recipe["token_embedding_type"])
-    if recipe["output_tensor_type"]:
-        params.output_tensor_type = ggml_type_of(recipe["output_tensor_type"])
     params.nthread = threads or os.cpu_count() or 1
     dst.parent.mkdir(parents=True, exist_ok=True)
     from llama_cpp._logger import logger  # the per-tensor log is noise on the console; errors still show

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from protege.config import AssistantConfig
 from protege.config_file import atomic_write_text, save_resolved
+from protege.hashing import update_file
 from protege.paths import AssistantPaths, read_manifest
 
 STAGES = ("index", "data", "train", "eval", "export", "answers", "register")
@@ -26,12 +27,6 @@ STAGES = ("index", "data", "train", "eval", "export", "answers", "register")
 DEPENDS_ON = {"data": {"index"}, "train": {"data"}, "eval": {"train"}, "export": {"train"},
               "answers": {"export", "index"}, "register": {"export", "index"}}
 MANIFEST_VERSION = 1
-
-
-def _hash_file(path: Path, h: "hashlib._Hash") -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
 
 
 def hash_paths(paths: list[Path], suffixes: tuple[str, ...] | None = None) -> str:
@@ -50,7 +45,7 @@ def hash_paths(paths: list[Path], suffixes: tuple[str, ...] | None = None) -> st
             if suffixes and f.suffix.lower() not in suffixes:
                 continue
             h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
-            _hash_file(f, h)
+            update_file(h, f)
     return h.hexdigest()
 
 

@@ -15,19 +15,12 @@ import time
 from pathlib import Path
 
 from protege.errors import ProtegeError
+from protege.hashing import file_sha256
 from rag.chunking import Chunk, Chunker, chunker_signature
 from rag.loaders import LoadError, load_file, relpath, walk
 from rag.store import Store
 
 log = logging.getLogger(__name__)
-
-
-def file_hash(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def chunk_ids(path: str, chunks: list[Chunk]) -> list[str]:
@@ -78,7 +71,7 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
         seen_paths.add(rel)
         old = stored.get(rel)
         try:
-            digest = file_hash(p)
+            digest = file_sha256(p)
         except OSError as e:
             report["skipped"].append({"path": rel, "reason": f"cannot read: {e.strerror or e}"})
             if old:

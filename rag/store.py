@@ -115,9 +115,3 @@ class Store:
             out.append(Hit(i, d or "", dict(m or {}), min(1.0, max(0.0, 1.0 - float(dist)))))
         return out
 
-    def get(self, ids: list[str]) -> list[Hit]:
-        if not ids:
-            return []
-        res = self.col.get(ids=ids, include=["documents", "metadatas"])
-        by_id = {i: (d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])}
-        return [Hit(i, by_id[i][0] or "", dict(by_id[i][1] or {}), 0.0) for i in ids if i in by_id]

@@ -1,4 +1,4 @@
-"""A synthetic persona dataset (Captain-Byte-like support chats) for tests, benches and timing runs.
+"""A synthetic persona dataset (Captain-Byte-like support chats) for tests.
 
 Deterministic for a seed; replies are varied enough that near-duplicate removal keeps most of them.
 """

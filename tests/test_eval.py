@@ -34,7 +34,7 @@ def test_style_markers():
 
 def test_eval_base_vs_tuned_tiny(tiny_model_dir, tmp_path):
     from builder.evaluate import run as evaluate
-    from builder.synth import write_dataset
+    from tests.synth import write_dataset
     from builder.train import run as train
     from protege.config_file import config_from_dict
     from protege.paths import AssistantPaths

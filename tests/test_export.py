@@ -485,5 +485,6 @@ def test_k_quant_on_rows_not_multiple_of_256_uses_the_q6_k_recipe(exported, tmp_
     types = describe(f16, out, "q4_k_m")["tensor_types"]
     assert "q8_0" in types and not {"q5_0", "q5_1", "q4_1"} & set(types), types
     assert plan(f16, "q8_0")["base_type"] == "q8_0" and plan(f16, "q8_0")["why"] == "llama.cpp's own mix for this type"
+    assert set(plan(f16, "q8_0")) == {"requested", "base_type", "why"}  # no settings the quantizer would not apply
     q8 = report["verification"]["quants"]["q8_0"]["recipe"]
     assert q8["requested"] == "q8_0" and set(q8["tensor_types"]) == {"q8_0", "f32"}

@@ -259,7 +259,7 @@ def test_real_train_killed_while_saving_then_rerun(tmp_path, tiny_model_dir):
     from builder.adapter_swap import is_adapter, recover
     from tests.test_train import cfg_dict
 
-    from builder.synth import write_dataset
+    from tests.synth import write_dataset
 
     data = write_dataset(tmp_path / "data", n=40)
     cfg = tmp_path / "cfg.yaml"

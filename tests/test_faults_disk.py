@@ -17,7 +17,7 @@ from tests.test_faults import _export_tree, fake_adapter, snapshot
 
 
 def _data_project(tmp_path: Path, tiny_model_dir: Path, n: int) -> Path:
-    from builder.synth import write_dataset
+    from tests.synth import write_dataset
 
     data = write_dataset(tmp_path / f"data{n}", n=n)
     cfg = tmp_path / "bot.yaml"

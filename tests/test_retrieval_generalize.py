@@ -1,6 +1,7 @@
 """Retrieval that generalises: table rows linearised into "Header: value" text, plain-text headings kept as sections,
 every chunk carrying its document title, and (slow) retrieval quality on the demo knowledge measured with questions
-written in other words than the documents (EXTRA_DEV below, part of the DEV set of bench/retrieval_heldout.py).
+written in other words than the documents (examples/captain-byte/qa_paraphrases.jsonl, part of the DEV set of
+bench/retrieval_heldout.py).
 
 The held-out sets (examples/captain-byte/qa_heldout.jsonl, tests/assets/rag_qa_b.jsonl) are only reported by the bench,
 never tuned on here."""
@@ -15,43 +16,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "captain-byte"
 
-# Paraphrases that describe things by what they do, or use other words than the documents (DEV: tuning allowed).
-EXTRA_DEV = [
-    {"question": "What's the smallest machine I can rent, and how much memory comes with it?", "source": "pricing-plans.md"},
-    {"question": "What does the biggest box with 32 gigs of memory cost per hour?", "source": "pricing-plans.md"},
-    {"question": "Do I pay for a spare public address that isn't connected to any machine?", "source": "pricing-plans.md"},
-    {"question": "Is it cheaper if I pay for a whole year up front?", "source": "pricing-plans.md"},
-    {"question": "Which locations support putting a traffic distributor in front of my machines?", "source": "regions-and-datacenters.md"},
-    {"question": "How do I get my machine over to a different city?", "source": "regions-and-datacenters.md"},
-    {"question": "What compensation do I get when the managed name resolution service goes down?", "source": "sla-and-credits.md"},
-    {"question": "Does downtime during announced upkeep count against the uptime guarantee?", "source": "sla-and-credits.md"},
-    {"question": "How long does it take to bring back a 50 GB disk from a saved copy?", "source": "backup-retention.md"},
-    {"question": "Can a script dump my database right before the nightly copy is taken?", "source": "backup-retention.md"},
-    {"question": "What happens to the nightly copies of a machine after I delete it?", "source": "backup-retention.md"},
-    {"question": "How do I make the terminal tool print machine-readable output?", "source": "bhc-cli-reference.md"},
-    {"question": "How do I get tab completion for the command line utility in zsh?", "source": "bhc-cli-reference.md"},
-    {"question": "Which inbound ports are open on a fresh machine by default?", "source": "onboarding-guide.md"},
-    {"question": "Which member role can only see invoices and payment methods?", "source": "onboarding-guide.md"},
-    {"question": "Who is in charge of technology at the company?", "source": "company-history.html"},
-    {"question": "Which office handles EU data protection matters?", "source": "office-locations.html"},
-    {"question": "What happens if my script keeps hammering the API after being throttled?", "source": "api-rate-limits.html"},
-    {"question": "How do I avoid creating a server twice when my POST request is retried?", "source": "api-rate-limits.html"},
-    {"question": "In which languages can I get help?", "source": "support-hours-escalation.txt"},
-    {"question": "How do I get a stuck ticket looked at by a manager?", "source": "support-hours-escalation.txt"},
-    {"question": "What does it mean when my two-step login code is refused?", "source": "error-codes.txt"},
-    {"question": "Why can't I attach my spare address to a machine in another location?", "source": "error-codes.txt"},
-    {"question": "Can I get a text message when there's an outage?", "source": "status-page-incident-policy.txt"},
-    {"question": "What was the longest outage so far?", "source": "status-page-incident-policy.txt"},
-    # near-domain traps: about a hosting company, but nothing in the documents answers them
-    {"question": "Do you offer managed Kubernetes clusters?", "source": None},
-    {"question": "Can I rent a machine with a graphics card for deep learning?", "source": None},
-    {"question": "How much does object storage cost per terabyte?", "source": None},
-    {"question": "Does the company have an office in Tokyo?", "source": None},
-    {"question": "What is the parental leave policy for employees?", "source": None},
-    {"question": "What is Linode's price for a 4 GB server?", "source": None},
-    {"question": "How do I renew a domain name registration?", "source": None},
-    {"question": "What is the best recipe for chocolate chip cookies?", "source": None},
-]
+# Paraphrases that describe things by what they do, or use other words than the documents, and near-domain traps
+# (DEV: tuning allowed). A data file, so that bench/retrieval_heldout.py reads the same rows without importing tests/.
+PARAPHRASES = DEMO / "qa_paraphrases.jsonl"
 
 
 # --- chunk text recipe (fast) ---------------------------------------------------------------------------------------
@@ -138,7 +105,7 @@ def demo_kb(tmp_path_factory, embedder):
 def _dev_rows() -> list[dict]:
     from rag.evaluate import load_qa
 
-    rows = load_qa(DEMO / "qa.jsonl") + [dict(r) for r in EXTRA_DEV]
+    rows = load_qa(DEMO / "qa.jsonl") + load_qa(PARAPHRASES)
     if (DEMO / "train_qa.jsonl").is_file():
         rows += load_qa(DEMO / "train_qa.jsonl")
     return rows

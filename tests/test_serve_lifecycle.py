@@ -18,7 +18,7 @@ from protege.config import ServeConfig, parse_keep_alive
 from protege.config_file import config_from_dict, save_resolved
 from protege.paths import AssistantPaths
 from serve.app import create_app
-from serve.engines.fake import FakeEmbedder
+from tests.fakes import FakeEmbedder
 from tests.test_serve_routes import USER, Env, assert_error
 
 

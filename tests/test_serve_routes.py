@@ -16,8 +16,9 @@ from protege.config_file import config_from_dict, save_resolved
 from protege.paths import AssistantPaths
 from rag.types import Retrieval, Source
 from serve.app import create_app
-from serve.engines.fake import FakeEmbedder, FakeEngine
+from serve.engines.fake import FakeEngine
 from serve.registry import Registry
+from tests.fakes import FakeEmbedder
 
 USER = [{"role": "user", "content": "hello there friend"}]
 
@@ -221,6 +222,73 @@ def test_malformed_requests_are_400_in_openai_shape(client):
 
 
 # ----------------------------------------------------------------------------------------------------- Ollama
+def test_ollama_digest_is_the_gguf_sha256_and_stable_across_restarts(tmp_path, monkeypatch):
+    """Like Ollama's: the same file gives the same digest in every server process, hashed once per file version; a
+    rewritten file gets a new one."""
+    import hashlib
+
+    from protege import hashing
+
+    reads = []
+    real = hashing.file_sha256
+    monkeypatch.setattr(hashing, "file_sha256", lambda p: reads.append(p) or real(p))
+    env = Env(tmp_path)
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    want = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    seen = []
+    for _ in range(2):  # two app instances, as after a restart (the per-process cache emptied in between)
+        hashing._cache.clear()
+        reads.clear()
+        with TestClient(env.app(preload=False)) as c:
+            for _ in range(2):
+                seen.append({m["name"]: m["digest"] for m in c.get("/api/tags").json()["models"]})
+        assert len(reads) == 1  # two models on one file, two listings: one read
+    assert seen[0] == seen[-1] == {"kbot:latest": want, "minimal:latest": want}
+    gguf.write_bytes(b"GGUF other bytes")  # a new size: hashed again, not served from the cache
+    with TestClient(env.app(preload=False)) as c:
+        digests = {m["digest"] for m in c.get("/api/tags").json()["models"]}
+    assert digests == {hashlib.sha256(b"GGUF other bytes").hexdigest()}
+
+
+def test_ollama_show_reads_the_gguf_header_and_the_export(tmp_path):
+    """/api/show's model_info, details and stops come from the file (checked against the gguf package's own reader)
+    and, for an exported assistant, from its export report; nothing is hard-coded."""
+    import gguf as gguf_lib
+
+    from builder.base_model import embedded_gguf
+    from serve.routers.ollama import human_number
+
+    base = embedded_gguf()
+    ref = gguf_lib.GGUFReader(base)
+    n_params = sum(int(t.n_elements) for t in ref.tensors)
+    eos = ref.fields["tokenizer.ggml.tokens"].contents(ref.fields["tokenizer.ggml.eos_token_id"].contents())
+    paths = AssistantPaths.for_name("pirate").ensure()
+    save_resolved(config_from_dict({"name": "pirate"}), paths.root)
+    paths.gguf.mkdir()
+    (paths.gguf_file("q8_0")).symlink_to(base)
+    (paths.gguf / "export_report.json").write_text(json.dumps({"template": {"stops": ["<|im_end|>", "<|x|>"]}}))
+    registry = Registry([config_from_dict({"name": "minimal"})], embedded_gguf=base)
+    app = create_app(registry, lambda spec: FakeEngine([spec.id]), ServeConfig(), embedder_factory=FakeEmbedder,
+                     preload=False)
+    with TestClient(app) as c:
+        show = c.post("/api/show", json={"model": "minimal"}).json()
+        info = show["model_info"]
+        assert info["general.architecture"] == ref.fields["general.architecture"].contents() == "llama"
+        assert info["general.parameter_count"] == n_params and n_params > 100e6
+        assert info["llama.context_length"] == ref.fields["llama.context_length"].contents()
+        assert info["tokenizer.ggml.tokens"] is None and "tokenizer.chat_template" not in info  # arrays not sent
+        assert show["details"]["parameter_size"] == human_number(n_params) == "134.52M"
+        assert show["details"]["quantization_level"] == "Q4_1" and show["details"]["family"] == "llama"
+        assert show["parameters"].splitlines() == ["num_ctx 2048", f"stop {json.dumps(eos)}"]  # the base: its eos
+        assert eos == "<|im_end|>"
+        exported = c.post("/api/show", json={"model": "pirate:q8_0"}).json()
+        assert exported["parameters"].splitlines()[1:] == ['stop "<|im_end|>"', 'stop "<|x|>"']  # the export's
+        assert exported["model_info"]["general.parameter_count"] == n_params
+        tags = {m["name"]: m["details"] for m in c.get("/api/tags").json()["models"]}
+        assert tags["minimal:latest"]["parameter_size"] == "134.52M"
+
+
 def test_ollama_basics(client):
     assert client.get("/").text == "Ollama is running"
     assert client.get("/api/version").json()["version"]

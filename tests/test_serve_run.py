@@ -73,9 +73,22 @@ def test_run_against_a_running_server(tmp_path, capsys):
             time.sleep(0.05)
         rc = main(["run", "minimal", "--host", f"http://127.0.0.1:{port}", "--api-key", "k", "--prompt", "via http"])
         assert rc == 0 and "Echo: via http" in capsys.readouterr().out
+        rc = main(["run", "minimal", "--host", f"http://127.0.0.1:{port}", "--api-key", "wrong", "--prompt", "x"])
+        err = capsys.readouterr().err  # the server's own message, one line, the typed error's exit code
+        assert rc == 1 and "Incorrect or missing API key" in err and "Traceback" not in err
     finally:
         server.should_exit = True
         t.join(10)
+
+
+def test_server_errors_are_typed_with_the_server_code():
+    from protege.commands.run import server_error
+    from protege.errors import GenerationError
+
+    e = server_error(404, '{"error": {"message": "no model x", "code": "model_not_found", "type": "x"}}')
+    assert isinstance(e, GenerationError) and str(e) == "no model x" and e.code == "model_not_found"
+    e = server_error(502, "<html>Bad Gateway</html>")  # a proxy's page, not the server's JSON
+    assert isinstance(e, GenerationError) and e.code is None and "HTTP 502" in str(e) and "Bad Gateway" in str(e)
 
 
 def test_run_unknown_model_fails_with_one_line(capsys):

@@ -19,8 +19,9 @@ from protege.errors import ConfigError
 from protege.keys import hash_key
 from protege.paths import AssistantPaths
 from serve.app import create_app
-from serve.engines.fake import FakeEmbedder, FakeEngine
+from serve.engines.fake import FakeEngine
 from serve.registry import Registry
+from tests.fakes import FakeEmbedder
 
 USER = [{"role": "user", "content": "hello there"}]
 

@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from builder.synth import write_dataset
 from protege.config_file import config_from_dict
 from protege.paths import AssistantPaths
+from tests.synth import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ def test_qlora_bf16_nf4_on_cuda(tmp_path, monkeypatch):
     import torch
 
     from builder.data import prepare
-    from builder.synth import write_dataset
+    from tests.synth import write_dataset
     from builder.train import build_trainer, run
     from protege.config_file import config_from_dict
     from protege.paths import AssistantPaths

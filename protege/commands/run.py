@@ -59,7 +59,7 @@ def _server_stream(base: str, model: str, key: str | None, args) -> Stream:
             async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:
                     await r.aread()
-                    raise RuntimeError(r.json().get("error", {}).get("message", r.text))
+                    raise server_error(r.status_code, r.text)
                 async for line in r.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
@@ -69,6 +69,20 @@ def _server_stream(base: str, model: str, key: str | None, args) -> Stream:
                     if chunk.get("sources"):
                         yield _sources_note(chunk["sources"], chunk.get("confidence"))
     return stream
+
+
+def server_error(status: int, body: str):
+    """The server's OpenAI-shaped error as a GenerationError keeping its code (invalid_api_key, model_not_found...);
+    a body that is not that shape (a proxy's page) is quoted."""
+    from protege.errors import GenerationError
+
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict) and err.get("message"):
+        return GenerationError(str(err["message"]), err.get("code"))
+    return GenerationError(f"the server answered HTTP {status}: {body.strip()[:200] or '(empty body)'}")
 
 
 def _sources_note(sources: list[dict], confidence: float | None) -> str:
@@ -177,6 +191,8 @@ async def _print_stream(stream: Stream, messages: list[dict], console, keep_goin
         if not keep_going:
             from protege.errors import ProtegeError
 
+            if isinstance(e, ProtegeError):
+                raise
             raise ProtegeError(str(e)) from None
         console.print(f"\n[red]error:[/red] {e}")
     console.out("")

@@ -1,7 +1,8 @@
 """The one interface every engine (llama.cpp, vLLM, fake) implements, and the engine-neutral request/result types.
 
 Routers translate OpenAI/Ollama wire types into `GenParams`, check them against `supports()` and `context_length`
-(serve/limits.py) and only then call the engine, so an engine never sees a parameter it would silently ignore.
+(`Service.prepare`, serve/service.py) and only then call the engine, so an engine never sees a parameter it would
+silently ignore.
 """
 
 from __future__ import annotations

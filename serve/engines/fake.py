@@ -7,8 +7,6 @@ Tokens are whitespace words (plus 3 per message for the template), so tests can 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
 import time
 from typing import AsyncIterator
 
@@ -108,19 +106,3 @@ class FakeEngine:
 def _stop_cut(text: str, stops: list[str]) -> str | None:
     idx = [text.find(s) for s in stops if s and s in text]
     return text[: min(idx)] if idx else None
-
-
-class FakeEmbedder:
-    """Deterministic unit vectors from a hash (for /v1/embeddings route tests)."""
-
-    dim = 8
-    model_name = "fake-embedder"
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        out = []
-        for t in texts:
-            h = hashlib.sha256(t.encode()).digest()
-            v = [b - 127.5 for b in h[: self.dim]]
-            n = math.sqrt(sum(x * x for x in v)) or 1.0
-            out.append([x / n for x in v])
-        return out

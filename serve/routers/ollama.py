@@ -18,8 +18,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from starlette.background import BackgroundTask
 
+from protege.hashing import cached_file_sha256
 from serve import protocol as P
 from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage
+from serve.gguf_meta import GGUFMeta, read_meta
 from serve.ops import error_body
 from serve.routers.openai import embed_texts, get_embedder
 from serve.models import keep_alive_seconds
@@ -54,23 +56,40 @@ async def version() -> Any:
     return {"version": VERSION}
 
 
-def _details(spec) -> P.OllamaDetails:
-    return P.OllamaDetails(parent_model=spec.cfg.base.model, quantization_level=spec.quant.upper(),
-                           parameter_size="135M" if spec.cfg.base.model.startswith("smollm2-135m") else "")
+def human_number(n: int) -> str:
+    """Ollama's parameter_size format: 134.52M, 8B, 1.5B."""
+    for unit, size, digits in (("B", 1e9, 1), ("M", 1e6, 2)):
+        if n >= size:
+            x = n / size
+            return f"{x:.0f}{unit}" if x == int(x) else f"{x:.{digits}f}{unit}"
+    return f"{n / 1e3:.0f}K" if n >= 1e3 else str(n)
+
+
+def _details(spec, meta: GGUFMeta | None) -> P.OllamaDetails:
+    """From the GGUF's own header where it can be read: the architecture, the parameter count, and the type the file
+    was really quantized to (general.file_type: a q4_k_m tag built with the q6_k mix says Q6_K); else the tag."""
+    arch = meta.architecture if meta and meta.architecture else "llama"
+    return P.OllamaDetails(parent_model=spec.cfg.base.model, family=arch, families=[arch],
+                           quantization_level=(meta and meta.file_type) or spec.quant.upper(),
+                           parameter_size=human_number(meta.parameter_count) if meta and meta.parameter_count else "")
 
 
 def _model(spec) -> P.OllamaModel:
-    size = spec.gguf.stat().st_size if spec.gguf and spec.gguf.exists() else 0
+    """Reads (and hashes, once per file version) the GGUF: call it in a worker thread."""
+    has_file = bool(spec.gguf and spec.gguf.is_file())
     name = spec.id if ":" in spec.id else f"{spec.id}:latest"
-    return P.OllamaModel(name=name, model=name, modified_at=_iso(spec.modified), size=size,
-                         digest=f"{abs(hash(str(spec.gguf))):016x}", details=_details(spec))
+    return P.OllamaModel(name=name, model=name, modified_at=_iso(spec.modified),
+                         size=spec.gguf.stat().st_size if has_file else 0,
+                         digest=cached_file_sha256(spec.gguf) if has_file else "",
+                         details=_details(spec, read_meta(spec.gguf) if has_file else None))
 
 
 @router.get("/api/tags")
 async def tags(request: Request) -> Any:
     reg = _svc(request).manager.registry
     reg.refresh()
-    return P.OllamaTags(models=[_model(s) for s in sorted(reg.specs.values(), key=lambda s: s.id)]).model_dump()
+    specs = sorted(reg.specs.values(), key=lambda s: s.id)
+    return P.OllamaTags(models=await asyncio.to_thread(lambda: [_model(s) for s in specs])).model_dump()
 
 
 @router.get("/api/ps")
@@ -86,24 +105,42 @@ async def ps(request: Request) -> Any:
         for mid in res.engine.model_ids:
             spec = mgr.registry.get(mid)
             if spec:
-                m = _model(spec)
+                m = await asyncio.to_thread(_model, spec)
                 out.append(P.OllamaRunning(**m.model_dump(), expires_at=expires,
                                            size_vram=m.size if res.engine.name == "vllm" else 0,
                                            context_length=res.engine.context_length))
     return P.OllamaPs(models=out).model_dump()
 
 
+def export_stops(spec, meta: GGUFMeta | None) -> list[str]:
+    """The stops of the export that wrote this GGUF (export_report.json: what its Modelfiles carry); for the embedded
+    base, or an export without a report, the file's own end-of-sequence token."""
+    if spec.quant != "base":
+        try:
+            report = json.loads((spec.paths.gguf / "export_report.json").read_text(encoding="utf-8"))
+            stops = [s for s in report["template"]["stops"] if isinstance(s, str) and s]
+            if stops:
+                return stops
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return [meta.eos_token] if meta and meta.eos_token else []
+
+
 @router.post("/api/show")
 async def show(req: P.OllamaShowRequest, request: Request) -> Any:
+    """Model card from the GGUF's header (architecture, parameter count, context length, every scalar key, like
+    Ollama's `model_info`) and the export (stops); the header is read once per file version."""
     spec = _svc(request).manager.spec(req.model_name())
-    params = f"num_ctx {spec.cfg.serve.n_ctx}\nstop \"<|im_end|>\""
+    meta = await asyncio.to_thread(read_meta, spec.gguf)
+    stops = [f"stop {json.dumps(s)}" for s in export_stops(spec, meta)]
+    params = "\n".join([f"num_ctx {spec.cfg.serve.n_ctx}", *stops])
     modelfile = f"FROM {spec.gguf}\nSYSTEM \"\"\"{spec.system_prompt}\"\"\"\nPARAMETER " + params.replace(
         "\n", "\nPARAMETER ")
-    caps = ["completion"] + (["embedding"] if False else [])
+    info = meta.model_info() if meta else {}
     return P.OllamaShowResponse(modelfile=modelfile, parameters=params, system=spec.system_prompt,
-                                details=_details(spec), capabilities=caps, modified_at=_iso(spec.modified),
-                                model_info={"general.architecture": "llama",
-                                            "protege.knowledge": spec.has_knowledge}).model_dump()
+                                details=_details(spec, meta), capabilities=["completion"],
+                                modified_at=_iso(spec.modified),
+                                model_info={**info, "protege.knowledge": spec.has_knowledge}).model_dump()
 
 
 def _params(model: str, options: P.OllamaOptions | None, fmt: Any) -> tuple[GenParams, list[str], bool | None]:
