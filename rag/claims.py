@@ -93,6 +93,14 @@ def claims(text: str) -> Claims:
     return out
 
 
+def unknown_codes(question: str, texts: list[str]) -> list[str]:
+    """Codes the question names (a letter-led token with a digit: BH-5099, fra9, t3.micro; not "8-core") that none of
+    the texts holds. Retrieval ranks BH-5099 next to the documented BH-5017, so the score gate cannot tell them apart;
+    the exact string can."""
+    flat = re.sub(r"\s+", "", "\n".join(texts).lower())
+    return [c for c in sorted(claims(question).codes) if c[0].isalpha() and c not in flat]
+
+
 class Context:
     """The text an answer may draw on (retrieved chunks + persona + question), indexed for claim look-ups."""
 

@@ -186,3 +186,12 @@ def test_superlatives_compare_the_rows_of_a_table():
     assert "Dinghy" in session("What does the cheapest plan cost?", sources=(PRICING,)).evidence[0].text
     text, grounding, _ = run("Which is your newest region?", "Ahoy! Toronto is the newest [1].", sources=(rows,))
     assert grounding == "extractive" and "syd1" in text  # a name is no number: the quote with the fact is added
+
+
+def test_a_code_the_documents_do_not_hold_is_unknown():
+    from rag.claims import unknown_codes
+
+    docs = ["BH-5017 A snapshot is already in progress.", "Region code: fra1; City: Frankfurt"]
+    assert unknown_codes("What does error BH-5099 mean?", docs) == ["bh-5099"]
+    assert unknown_codes("What does error BH-5017 mean?", docs) == []
+    assert unknown_codes("Is fra1 in Germany? I run an 8-core box.", docs) == []  # "8-core" is no code
