@@ -146,6 +146,7 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
     app.include_router(openai.router)
     app.include_router(ollama.router)
 
+    app.add_middleware(OllamaJsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=cfg.api_keys, registry=registry)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
@@ -153,6 +154,20 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_credentials=True,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
     return app
+
+
+class OllamaJsonBodyMiddleware:
+    """Ollama reads every /api body as JSON whatever its Content-Type, and its documented calls are `curl URL -d '{..}'`
+    (sent as form data): mark such bodies JSON so they parse as they do on Ollama."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

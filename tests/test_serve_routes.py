@@ -316,6 +316,15 @@ def test_ollama_chat_ndjson_final_line(client):
     assert body["message"]["content"] == "Echo: hello" and body["done_reason"] == "length"
 
 
+def test_ollama_reads_bodies_as_json_whatever_the_content_type(client):
+    # Ollama's documented calls are `curl URL -d '{...}'`, which sends form data
+    body = json.dumps({"model": "minimal", "messages": USER, "stream": False})
+    for ctype in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"content-type": ctype} if ctype else {}
+        r = client.post("/api/chat", content=body, headers=headers)
+        assert r.status_code == 200 and r.json()["message"]["content"] == "Echo: hello there friend", r.text
+
+
 def test_ollama_generate(client):
     r = client.post("/api/generate", json={"model": "minimal", "prompt": "why sky", "stream": False})
     assert r.json()["response"] == "Echo: why sky" and r.json()["done"] is True
