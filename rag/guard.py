@@ -27,7 +27,8 @@ _MAX_SENTENCE_WORDS = 60
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     (re.compile(r"\b(save|saving|savings|discount|percent|percentage)\b", re.I), re.compile(r"\d\s?%")),
-    (re.compile(r"\b(how much|cost|price|pay|fee|charge|cheap|expensive|\$)", re.I), re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
+    (re.compile(r"\b(how much|cost|price|pay|fee|(?<!in )charge|cheap|expensive|\$)", re.I),  # not "in charge of"
+     re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
     (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),
      # a person's name: two capitalised words after a lower-case word or a "Key:" (not a sentence's first words,
      # not part of a longer name such as a company's "Byte Harbor Cloud")

@@ -165,6 +165,10 @@ def test_evidence_carries_the_kind_of_fact_asked_for():
     # "how much do I save" asks for a share, not a price; "who" asks for a person's name
     assert "10%" in session("How much do I save if I prepay a year?", sources=(BILLING,)).evidence[0].text
     assert "Marisol Quint" in session("Who started the company?", sources=(HISTORY,)).evidence[0].text
+    security = Source("security.pdf", "Security", None, "c7", 0.7, text=(
+        "Security\nBackups cost $0.05 per GB and are encrypted at rest. "
+        "The security programme is led by Hana Takeda, Head of Security since 2021."))
+    assert "Hana Takeda" in session("Who's in charge of security?", sources=(security,)).evidence[0].text
 
 
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
