@@ -50,6 +50,8 @@ _ASKS = [
 # short "Key:" lead ("Floating IPs: free while attached. ...")
 _LABEL = re.compile(r"^((?:[A-Z][A-Za-z]*-?\d+[A-Za-z0-9.-]*)\s|[^.:;!?]{2,40}:\s)")
 _ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
+OVERLAP_WEIGHT = 0.5  # word overlap against embedding cosine
+KIND_WEIGHT = 0.2  # a sentence carrying the kind of fact asked for (half for the other kinds asked)
 RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sentence's cosine
 QUOTE_K = 3       # the runner-up quoted with the best must be among this many
 RUNNER_UP = 0.6  # ... and score at least this share of the best
@@ -197,14 +199,14 @@ class Guard:
             sim, k = sims[k], k + 1
             words = content_words(sent)
             overlap = sum(weight[w] for w in qwords & words) / max(1e-9, sum(weight.values()))
-            kind = sum((0.2 if j == 0 else 0.1) for j, has in enumerate(asks) if has.search(sent))
+            kind = sum((KIND_WEIGHT if j == 0 else KIND_WEIGHT / 2) for j, has in enumerate(asks) if has.search(sent))
             rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
             nxt = cands[i + 1][0] if i + 1 < len(cands) else ""
             if nxt and len(WORD.findall(sent)) < SHORT and not _ROW.match(sent):  # a short sentence (not a table
                 # row: rows stand alone) is quoted with the one after it
                 sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
             primary = bool(asks) and bool(asks[0].search(sent))
-            scored.append(Evidence(sent, n, sim + 0.5 * overlap + kind + rank, primary))
+            scored.append(Evidence(sent, n, sim + OVERLAP_WEIGHT * overlap + kind + rank, primary))
         # what the question asks for (a price, a date, a code) comes first when any sentence carries it
         scored.sort(key=lambda e: (-e.primary, -e.score))
         top = _extreme_row(question, scored)
