@@ -34,7 +34,8 @@ _ASKS = [
      # not part of a longer name such as a company's "Byte Harbor Cloud")
      re.compile(r"(?:\b[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])")),
     (re.compile(r"\b(address|street|headquarter|headquarters|hq)\b", re.I),
-     re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),
+     re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
+                r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), re.compile(r"\+?\d[\d ().-]{7,}\d")),
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
                 r"how fast)\b", re.I),
