@@ -4,8 +4,8 @@ The model's reply is checked sentence by sentence as it streams (a sentence is h
 - a sentence with a number, amount, date, version, code or proper name that is not in the context is not sent; the
   generation stops and the answer goes on extractively instead: the best-matching sentence of the sources, verbatim,
   with its citation `[n]`;
-- a reply that ends without stating any fact of the evidence (the few sentences of the sources that best answer the
-  question) gets that quote added, so a vague reply never replaces the fact that was found;
+- a reply that ends without stating a fact of that best-matching sentence (and its runner-up) gets the quote added,
+  so a vague reply, or one stating a neighbouring fact, never replaces the fact that was found;
 - degenerate output (a phrase repeated in a loop, the prompt scaffold leaking: "Question:", "<documents>") is cut;
 - the persona's opening (`persona.style_markers.starts_with`) is kept: added when the model drops it.
 `grounding` says what happened: "generated" (the model's words, all checked) or "extractive" (a quote was used).
@@ -56,9 +56,7 @@ KIND_WEIGHT = 0.2  # a sentence carrying the kind of fact asked for (half for th
 RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sentence's cosine
 QUOTE_K = 3       # the runner-up quoted with the best must be among this many
 RUNNER_UP = 0.6  # ... and score at least this share of the best
-STRICT_COVER = True  # a reply must state a fact of its quote's sentences, not any source's (see _states_evidence)
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
-ON_TOPIC = 1 / 3  # share of the question's content words a sentence must hold to count as answering it
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
 
 
@@ -138,13 +136,13 @@ def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
     return None
 
 
-def _idf(qwords: set[str], sentences: list[str]) -> dict[str, float]:
-    """How much each question word tells the candidate sentences apart: a word that every sentence of the sources
-    holds ("backup" in the backup document) counts little, a rare one ("minute", "germany") much."""
+def _idf(qwords: set[str], sentences: list[set[str]]) -> dict[str, float]:
+    """How much each question word tells the candidate sentences (given as their content words) apart: a word that
+    every sentence holds ("backup" in the backup document) counts little, a rare one ("minute", "germany") much."""
     n = len(sentences)
     df = dict.fromkeys(qwords, 0)
-    for s in sentences:
-        for w in qwords & content_words(s):
+    for words in sentences:
+        for w in qwords & words:
             df[w] += 1
     return {w: math.log(1 + n / (1 + d)) for w, d in df.items()}
 
@@ -190,15 +188,16 @@ class Guard:
         if not cands:
             return []
         qwords = content_words(question)
-        weight = _idf(qwords, [c for c, _ in cands if c])
+        texts = [c for c, _ in cands if c]
+        cand_words = [content_words(t) for t in texts]
+        weight = _idf(qwords, cand_words)
         asks = [has for ask, has in _ASKS if ask.search(question)]
-        sims = self._cosines(question, [c for c, _ in cands if c])
+        sims = self._cosines(question, texts)
         scored, k = [], 0
         for i, (sent, n) in enumerate(cands):
             if not sent:
                 continue
-            sim, k = sims[k], k + 1
-            words = content_words(sent)
+            sim, words, k = sims[k], cand_words[k], k + 1
             overlap = sum(weight[w] for w in qwords & words) / max(1e-9, sum(weight.values()))
             kind = sum((KIND_WEIGHT if j == 0 else KIND_WEIGHT / 2) for j, has in enumerate(asks) if has.search(sent))
             rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
@@ -214,10 +213,7 @@ class Guard:
         if top is not None:  # "the newest region", "the cheapest plan": the table row that holds the extreme value
             scored.remove(top)
             scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True))
-        # the quote is the best; coverage also accepts any sentence on the question's topic (see _states_evidence)
-        on_topic = [e for e in scored[self.evidence_k:]
-                    if qwords and len(qwords & content_words(e.text)) / len(qwords) >= ON_TOPIC]
-        return scored[: self.evidence_k] + on_topic
+        return scored[: self.evidence_k]
 
     def _cosines(self, question: str, sentences: list[str]) -> list[float]:
         if self.embed is None:
@@ -333,7 +329,7 @@ class GuardedReply:
         a fact found elsewhere in the sources does not stand in for the best-matching one."""
         said = claims(self.released)
         facts = Claims()
-        for e in (self._quoted() if STRICT_COVER else self.evidence):
+        for e in self._quoted():
             c = claims(e.text)
             facts.numbers |= c.numbers
             facts.codes |= c.codes
