@@ -248,6 +248,10 @@ def _source_dict(s: Any) -> dict:
     return dict(s)
 
 
+# nginx's "client closed request": the status (for metrics) of a non-streaming request whose client left
+CLIENT_GONE = 499
+
+
 async def wait_disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
     """Return when the ASGI client disconnects (the body was read already: the next message is the disconnect)."""
     while (await receive())["type"] != "http.disconnect":

@@ -25,12 +25,11 @@ from serve.gguf_meta import GGUFMeta, read_meta
 from serve.ops import error_body
 from serve.routers.openai import embed_texts, get_embedder
 from serve.models import keep_alive_seconds
-from serve.service import Prepared, Service, wait_disconnect
+from serve.service import CLIENT_GONE, Prepared, Service, wait_disconnect
 
 router = APIRouter()
 VERSION = "0.12.0"
 FOREVER = "9999-12-31T23:59:59Z"  # /api/ps expires_at of a keep_alive < 0 engine
-CLIENT_GONE = 499  # nginx's "client closed request": the status of a non-streaming request whose client left
 
 
 def _svc(request: Request) -> Service:

@@ -19,10 +19,9 @@ from sse_starlette.sse import EventSourceResponse
 from serve import protocol as P
 from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage
 from serve.ops import error_body
-from serve.service import Prepared, Service, wait_disconnect
+from serve.service import CLIENT_GONE, Prepared, Service, wait_disconnect
 
 router = APIRouter()
-CLIENT_GONE = 499  # nginx's "client closed request": the metrics' status of a non-streaming request whose client left
 
 
 def _svc(request: Request) -> Service:
