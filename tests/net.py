@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def free_port() -> int:
@@ -30,3 +34,24 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 1
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"server did not become healthy in {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+@contextmanager
+def protege_serve(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[str]:
+    """A real `protege serve ARGS` on a free loopback port with PROTEGE_HOME=home; yields its base URL. On exit it is
+    sent SIGTERM and must drain and stop cleanly (uvicorn re-raises the signal: exit -15, or 0)."""
+    repo = Path(__file__).resolve().parent.parent
+    port = free_port()
+    log_path = home / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "protege", "serve", *args, "--port", str(port)], cwd=repo,
+                                env={**os.environ, "PROTEGE_HOME": str(home), **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(proc, f"{base}/health", log_path, timeout=timeout)
+            yield base
+        finally:
+            proc.terminate()
+            code = proc.wait(timeout=40)
+    assert code in (0, -15), log_path.read_text()[-2000:]

@@ -5,16 +5,13 @@ normal request right after. The fast part runs over the fake engine; the `slow` 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.net import free_port, wait_healthy
+from tests.net import protege_serve
 from tests.test_serve_routes import Env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -247,20 +244,10 @@ def real_server(tmp_path_factory):
     from protege.config_file import load_config, save_resolved
 
     home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "PROTEGE_HOME": str(home)}
     cfg = load_config(REPO / "configs" / "minimal.yaml", ["serve.api_keys=[key-minimal]"])
     save_resolved(cfg, home / "assistants" / cfg.name)  # a built assistant of that home: no GGUF, the embedded base
-    port = free_port()
-    log = (home / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "protege", "serve", "--port", str(port), "--parallel", "2",
-                             "--n-ctx", "512", "--threads", "1", "--log-level", "warning"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(proc, f"{base}/health", home / "serve.log", timeout=180)
-    yield base
-    proc.terminate()
-    assert proc.wait(timeout=40) in (0, -15)
-    log.close()
+    with protege_serve(home, "--parallel", "2", "--n-ctx", "512", "--threads", "1", "--log-level", "warning") as base:
+        yield base
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.net import free_port, wait_healthy
+from tests.net import protege_serve
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp")
@@ -48,19 +48,9 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(home):
-    port = free_port()
-    log = (home / "serve.log").open("w")
-    env = {**os.environ, "PROTEGE_HOME": str(home)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protege", "serve", str(home / "byte-kb.yaml"), "--no-registry", "--port", str(port),
-         "--parallel", "2", "--n-ctx", "2048", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(proc, f"{base}/health", home / "serve.log", timeout=180)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=40)
-    log.close()
+    with protege_serve(home, str(home / "byte-kb.yaml"), "--no-registry", "--parallel", "2", "--n-ctx", "2048",
+                       "--log-level", "warning") as base:
+        yield base
 
 
 def test_document_text_cannot_become_special_tokens():

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.net import free_port, wait_healthy
+from tests.net import protege_serve
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp")
@@ -26,20 +26,10 @@ QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
     home = tmp_path_factory.mktemp("home")
-    log = (home / "serve.log").open("w")
-    env = {**os.environ, "PROTEGE_HOME": str(home), "PROTEGE_API_KEYS": "test-key"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protege", "serve", str(REPO / "configs" / "minimal.yaml"), "--no-registry",
-         "--port", str(port), "--parallel", "8", "--n-ctx", "1024", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(proc, f"{base}/health", home / "serve.log", timeout=120)
-    yield base
-    proc.terminate()  # SIGTERM: uvicorn drains, shuts down, then re-raises the signal (exit -15)
-    assert proc.wait(timeout=40) in (0, -15)
-    log.close()
+    with protege_serve(home, str(REPO / "configs" / "minimal.yaml"), "--no-registry", "--parallel", "8", "--n-ctx",
+                       "1024", "--log-level", "warning", env={"PROTEGE_API_KEYS": "test-key"}, timeout=120) as base:
+        yield base
 
 
 def _openai(server, **kw):
