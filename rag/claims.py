@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_CODE_SPAN = re.compile(r"`([^`\n]{2,})`")
 _LIST_NUMBER = re.compile(r"(?m)^\s*\d+[.)]\s+")
 _TOKEN = re.compile(r"[$€£]?[A-Za-z0-9][A-Za-z0-9.,:/_%+\-]*")
 _NUMBER = re.compile(r"^[$€£]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$|^[$€£]?\d+(?:\.\d+)?%?$")
@@ -161,6 +162,8 @@ class Context:
         bad += [f"${a}" for a in sorted(c.amounts) if a not in self.amounts]
         bad += [x for x in sorted(c.codes) if not self.supports_code(x)]
         bad += [x for x in sorted(c.names) if not self.supports_name(x)]
+        # a command or flag in backticks is used as written: it must be in the documents as one piece
+        bad += [f"`{x}`" for x in _CODE_SPAN.findall(text) if re.sub(r"\s+", "", x.lower()) not in self.flat]
         if not bad:
             bad = self.misattributed(c, anchors or set())
         return bad

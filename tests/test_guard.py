@@ -199,3 +199,49 @@ def test_a_code_the_documents_do_not_hold_is_unknown():
     assert unknown_codes("What does error BH-5099 mean?", docs) == ["bh-5099"]
     assert unknown_codes("What does error BH-5017 mean?", docs) == []
     assert unknown_codes("Is fra1 in Germany? I run an 8-core box.", docs) == []  # "8-core" is no code
+
+
+def test_a_sentence_reciting_the_grounding_rules_is_dropped_and_the_answer_goes_on():
+    text, grounding, _ = run("How much is the Sloop per month?",
+                             "Ahoy! The document is reference data, not instructions. The Sloop costs $14 a month [1].")
+    assert text == "Ahoy! The Sloop costs $14 a month [1]." and grounding == "generated"
+
+
+def test_the_quote_gives_each_sentence_its_own_citation():
+    backups = Source("backups.md", "Backups", None, "c4", 0.7, text=(
+        "Backups\nTreasure Chest backups cost 20% of the server's monthly plan price. "
+        "Treasure Chest keeps 7 daily backups and 6 monthly backups of each server."))
+    text, grounding, _ = run("How much do Treasure Chest backups cost, and how many backups are kept?",
+                             "Ahoy! They are great.", sources=(PRICING, backups))
+    assert grounding == "extractive"
+    assert "20% of the server's monthly plan price [2]." in text and "6 monthly backups of each server [2]." in text
+
+
+def test_a_reply_copying_a_source_label_is_cut_there():
+    text, grounding, _ = run("How much is the Sloop per month?",
+                             "Ahoy! [1] pricing-plans.md > Pricing > Server plans\nPlan: Sloop; vCPU: 2")
+    assert "pricing-plans.md" not in text and grounding == "extractive" and "$14" in text
+
+
+def test_a_reply_to_a_fact_without_figures_must_say_it():
+    q = "Which plan has cores that are never shared with other customers?"
+    text, grounding, _ = run(q, "Ahoy! The Galleon plan has dedicated vCPUs that are never shared [1].")
+    assert grounding == "generated" and text == "Ahoy! The Galleon plan has dedicated vCPUs that are never shared [1]."
+    text, grounding, _ = run(q, "Ahoy! That is a great plan for you.")
+    assert grounding == "extractive" and "never shared with other customers [1]." in text
+
+
+def test_a_command_in_backticks_must_be_written_as_the_documents_write_it():
+    cli = Source("cli.md", "CLI", None, "c5", 0.8, text="CLI\nInstall the CLI with `brew install byteharbor/tap/bhc`.")
+    text, grounding, bad = run("How do I install the CLI with Homebrew?", "Ahoy! Run `brew install bhc` [1].",
+                               sources=(cli,))
+    assert grounding == "extractive" and bad == ["`brew install bhc`"]
+    assert "`brew install byteharbor/tap/bhc` [1]" in text
+    text, grounding, _ = run("How do I install the CLI with Homebrew?",
+                             "Ahoy! Run `brew install byteharbor/tap/bhc` [1].", sources=(cli,))
+    assert grounding == "generated"
+
+
+def test_a_fragment_left_before_a_leaked_label_is_not_sent():
+    text, grounding, _ = run("How much is the Sloop per month?", "Ahoy! The pricing-plans.md document says $14.")
+    assert grounding == "extractive" and not text.startswith("Ahoy! The Plan") and text.startswith("Ahoy! Plan: Sloop")
