@@ -3,7 +3,7 @@
 Measures val loss + perplexity on the assistant tokens (same masking as training), ROUGE-L and BLEU-4 of greedy
 generations against references, and the style-adherence rate when the persona declares markers. One model object
 serves both sides: the PEFT adapter is disabled for the base. Generation stops at the end-of-turn token
-(`<|im_end|>`, the tokenizer's eos). Writes eval/eval.json, eval/report.md and eval/scores.png.
+(builder/format.py decides it: the tokenizer's eos, `<|im_end|>` for SmolLM2). Writes eval/eval.json, eval/report.md and eval/scores.png.
 """
 
 from __future__ import annotations
@@ -63,33 +63,15 @@ def load_tuned(cfg: AssistantConfig, paths: AssistantPaths):
     return model, tokenizer, device
 
 
-def mean_loss(model, tokenizer, conversations: list[list[dict]], max_seq_len: int, device: str) -> float | None:
-    """Token-weighted mean cross-entropy over assistant tokens (labels as in training)."""
-    import torch
-
-    from builder.format import encode_all
-
-    encoded, _ = encode_all(tokenizer, conversations, max_seq_len)
-    total = count = 0.0
-    with torch.no_grad():
-        for e in encoded:
-            ids = torch.tensor([e.input_ids], device=device)
-            labels = torch.tensor([e.labels], device=device)
-            n = int((labels[:, 1:] != -100).sum())
-            if n:
-                total += float(model(input_ids=ids, labels=labels).loss) * n
-                count += n
-    return total / count if count else None
-
-
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, device: str,
              batch_size: int = 8) -> list[str]:
     """Greedy replies, left-padded batches, stopping at the end-of-turn token."""
     import torch
 
+    from builder.format import end_of_turn_token
+
     tokenizer.padding_side = "left"
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    eos = eos if eos is not None else tokenizer.eos_token_id
+    eos = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     out = []
     for i in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
@@ -120,6 +102,7 @@ def run(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
     """Compare base vs tuned; write eval/eval.json, eval/report.md, eval/scores.png; return the results."""
     from builder.data import read_jsonl
     from builder.eval_report import write_report
+    from builder.format import assistant_loss
     from protege.config_file import atomic_write_text, save_resolved
 
     model, tokenizer, device = load_tuned(cfg, paths)
@@ -137,10 +120,10 @@ def run(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
     for side in ("base", "tuned"):
         if side == "base":
             with model.disable_adapter():
-                loss = mean_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
+                loss = assistant_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
                 replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens, device)
         else:
-            loss = mean_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
+            loss = assistant_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
             replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens, device)
         results[side] = {"val_loss": round(loss, 4) if loss is not None else None,
                          "perplexity": round(math.exp(loss), 3) if loss is not None else None,

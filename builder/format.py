@@ -102,3 +102,24 @@ def to_dataset(encoded: list[Encoded]):
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
+
+
+def assistant_loss(model, tokenizer, conversations: list[list[dict[str, str]]], max_seq_len: int,
+                   device: str = "cpu") -> float | None:
+    """Token-weighted mean cross-entropy over the assistant tokens (the labels training uses): the one val-loss
+    maths, for `protege eval` (base vs tuned) and the export's merge choice, so their numbers compare."""
+    import torch
+
+    encoded, _ = encode_all(tokenizer, conversations, max_seq_len)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in encoded:
+            ids = torch.tensor([e.input_ids], device=device)
+            target = torch.tensor([e.labels], device=device)[:, 1:]
+            mask = target != IGNORE
+            if not mask.any():
+                continue
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            total += torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum").item()
+            count += int(mask.sum())
+    return total / count if count else None

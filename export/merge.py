@@ -83,32 +83,11 @@ def read_val(val_file: Path) -> list[list[dict[str, str]]]:
     return out[:VAL_MAX_EXAMPLES]
 
 
-def val_loss(model, tokenizer, conversations: list[list[dict[str, str]]], max_seq_len: int = 512) -> float | None:
-    """Mean token loss on the assistant replies of the val conversations (the same masking as training)."""
-    import torch
-
-    from builder.format import IGNORE, encode_all
-
-    encoded, _ = encode_all(tokenizer, conversations, max_seq_len)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for e in encoded:
-            ids = torch.tensor([e.input_ids])
-            labels = torch.tensor([e.labels])
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            target = labels[:, 1:]
-            mask = target != IGNORE
-            if not mask.any():
-                continue
-            nll = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
-            total += nll.item()
-            count += int(mask.sum())
-    return total / count if count else None
-
-
 def merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, mode: str = "auto",
           val_file: Path | None = None, max_seq_len: int = 512, trained_on_nf4: bool = True) -> dict:
     """Write the merged model to `out_dir`; return what was done (choice, losses) for the export report."""
+    from builder.format import assistant_loss
+
     tokenizer = load_tokenizer(base_dir, adapter_dir)
     info: dict[str, Any] = {"base": str(base_dir), "adapter": str(adapter_dir) if adapter_dir else None,
                             "mode": mode, "choice": None, "val_loss": {}}
@@ -130,7 +109,7 @@ def merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, mode: str = "
             if name == "nf4_roundtrip":
                 info["nf4_linear_layers"] = nf4_roundtrip(base)
             merged = apply_adapter(base, adapter_dir)
-            loss = val_loss(merged, tokenizer, val, max_seq_len) if val else None
+            loss = assistant_loss(merged, tokenizer, val, max_seq_len) if val else None
             info["val_loss"][name] = loss
             score = math.inf if loss is None else loss
             if best is None or score < best[0]:

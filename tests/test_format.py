@@ -69,3 +69,24 @@ def test_overlong_truncated_or_dropped_and_counted(tok):
     assert stats.dropped == 1 and len(out) == 1
     out, stats = encode_all(tok, [long_chat], max_seq_len=100, overlong="truncate")
     assert stats.dropped == 1 and out == []  # the prompt alone fills the window: no labels left
+
+
+def test_assistant_loss_is_the_token_weighted_mean_that_training_reports(tok, tmp_path):
+    """One val-loss maths (eval and the export's merge choice): the mean over every assistant token of all the
+    conversations, i.e. each conversation's HF `.loss` weighted by its count of labelled tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from builder.format import assistant_loss
+    from tests.tiny_model import make_tiny_llama
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tmp_path / "m")).eval()
+    chats = [CHAT, CHAT[:3], [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy! Hello."}]]
+    total = count = 0.0
+    with torch.no_grad():
+        for e in encode_all(tok, chats, 512)[0]:
+            n = sum(1 for x in e.labels[1:] if x != IGNORE)
+            out = model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
+            total, count = total + float(out.loss) * n, count + n
+    assert assistant_loss(model, tok, chats, 512) == pytest.approx(total / count, rel=1e-5)
+    assert total / count != pytest.approx(float(out.loss), rel=1e-3)  # weighting matters: the chats differ

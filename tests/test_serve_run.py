@@ -33,15 +33,16 @@ def test_read_message_multiline():
 def test_chat_loop_clear_and_bye():
     seen: list[list[dict]] = []
 
-    async def stream(messages):
+    def chat(messages):
         seen.append([dict(m) for m in messages])
-        yield f"answer{len(messages)}"
+        yield "text", f"answer{len(messages)}"
+        yield "note", "\n[sources: a.md; confidence 0.90]"  # shown, never kept in the conversation
 
     out = io.StringIO()
-    chat_loop(stream, Console(file=out, width=200), "test", _reader(["hi", "again", "/clear", "fresh", "/bye", "x"]))
+    chat_loop(chat, Console(file=out, width=200), "test", _reader(["hi", "again", "/clear", "fresh", "/bye", "x"]))
     assert [len(m) for m in seen] == [1, 3, 1]  # history grows, /clear resets it, /bye stops before "x"
     assert seen[1][1] == {"role": "assistant", "content": "answer1"}
-    assert "answer1" in out.getvalue() and "Cleared" in out.getvalue()
+    assert "answer1" in out.getvalue() and "[sources: a.md" in out.getvalue() and "Cleared" in out.getvalue()
 
 
 def test_run_one_shot_in_process(capsys):
@@ -94,4 +95,4 @@ def test_server_errors_are_typed_with_the_server_code():
 def test_run_unknown_model_fails_with_one_line(capsys):
     assert main(["run", "no-such-assistant", "--local", "--engine", "fake", "--prompt", "x"]) == 1
     err = capsys.readouterr().err
-    assert "no-such-assistant" in err and "does not exist" in err and "Traceback" not in err
+    assert "no assistant 'no-such-assistant'" in err and "protege build" in err and "Traceback" not in err

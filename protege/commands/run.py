@@ -1,16 +1,16 @@
 """`protege run NAME|CONFIG`: an Ollama-style terminal chat (streaming tokens, /bye, /clear, \"\"\" multi-line).
 
 Talks to a running `protege serve` when one answers at --host (default: serve.host:serve.port) and serves the model;
-otherwise loads the model in this process (llama.cpp on the CPU) — same persona, same RAG gate, same engine code.
+otherwise answers in this process through the Python API (`protege.Assistant`, llama.cpp on the CPU): the same
+persona, RAG gate and guard as the server.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Callable, Iterator
 
 HELP = "Chat with an assistant in the terminal"
 COMMANDS = "/bye to quit, /clear to forget the conversation, \"\"\" to start and end a multi-line message"
@@ -30,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rag", action="store_true", help="answer without the knowledge base")
 
 
-Stream = Callable[[list[dict]], AsyncIterator[str]]
+# One turn of the chat as it comes: ("text", piece) for the answer, ("note", "[sources: ...]") once after it. The
+# note is shown, never kept in the conversation.
+Turn = Iterator[tuple[str, str]]
+Chat = Callable[[list[dict]], Turn]
 
 
 def _resolve(args: argparse.Namespace):
@@ -44,31 +47,33 @@ def _resolve(args: argparse.Namespace):
     return args.model, None
 
 
-def _server_stream(base: str, model: str, key: str | None, args) -> Stream:
+def _gen(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, **({"max_tokens": args.max_tokens} if args.max_tokens else {})}
+
+
+def _server_chat(base: str, model: str, key: str | None, args) -> Chat:
     import httpx
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
 
-    async def stream(messages: list[dict]) -> AsyncIterator[str]:
-        body = {"model": model, "messages": messages, "stream": True, "temperature": args.temperature}
-        if args.max_tokens:
-            body["max_tokens"] = args.max_tokens
+    def chat(messages: list[dict]) -> Turn:
+        body = {"model": model, "messages": messages, "stream": True, **_gen(args)}
         if args.no_rag:
             body["rag"] = False
-        async with httpx.AsyncClient(timeout=None, headers=headers) as client:
-            async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
+        with httpx.Client(timeout=None, headers=headers) as client:
+            with client.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:
-                    await r.aread()
+                    r.read()
                     raise server_error(r.status_code, r.text)
-                async for line in r.aiter_lines():
+                for line in r.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
                     for ch in chunk.get("choices", []):
-                        yield ch.get("delta", {}).get("content") or ""
+                        yield "text", ch.get("delta", {}).get("content") or ""
                     if chunk.get("sources"):
-                        yield _sources_note(chunk["sources"], chunk.get("confidence"))
-    return stream
+                        yield "note", _sources_note(chunk["sources"], chunk.get("confidence"))
+    return chat
 
 
 def server_error(status: int, body: str):
@@ -90,33 +95,21 @@ def _sources_note(sources: list[dict], confidence: float | None) -> str:
     return f"\n[sources: {paths}; confidence {confidence:.2f}]" if paths else ""
 
 
-def _local_stream(model: str, cfg, args) -> tuple[Stream, Callable[[], None]]:
-    from protege.config import ServeConfig
-    from serve.engines import engine_factory
-    from serve.engines.base import GenParams, Usage
-    from serve.registry import Registry
-    from serve.service import ModelManager, Service
+def _local_chat(model: str, cfg, args) -> tuple[Chat, Callable[[], None]]:
+    """In this process through the Python API (protege/api.py): the server's persona, gate and guard."""
+    from protege.api import Assistant
 
-    serve_cfg = ServeConfig(parallel=1) if cfg is None else cfg.serve.model_copy(update={"parallel": 1})
-    registry = Registry([cfg] if cfg else [])
-    manager = ModelManager(registry, engine_factory(args.engine or "llamacpp", serve_cfg))
-    service = Service(manager, allow_rag_off=True)  # local: the user owns the files; --no-rag is theirs to use
+    engine = args.engine or "llamacpp"
+    assistant = Assistant(cfg, engine=engine) if cfg is not None else Assistant.load(model, engine=engine)
 
-    async def stream(messages: list[dict]) -> AsyncIterator[str]:
-        params = GenParams(model=model, messages=list(messages), temperature=args.temperature,
-                           max_tokens=args.max_tokens)
-        prep = await service.prepare(params, [], rag=not args.no_rag)
-        if prep.refusal is not None:
-            yield prep.refusal
-        else:
-            async for d in service.stream(prep, Usage()):
-                yield d.text
-        if prep.sources:
-            yield _sources_note(prep.sources, prep.confidence)
-
-    def close() -> None:
-        asyncio.run(manager.close())
-    return stream, close
+    def chat(messages: list[dict]) -> Turn:
+        stream = assistant.chat(messages, stream=True, rag=False if args.no_rag else None, **_gen(args))
+        for piece in stream:
+            yield "text", piece
+        reply = stream.reply
+        if reply.sources:
+            yield "note", _sources_note([s.to_dict() for s in reply.sources], reply.confidence)
+    return chat, assistant.close
 
 
 def _find_server(args, cfg) -> str | None:
@@ -160,7 +153,7 @@ def read_message(read: Callable[[str], str]) -> str | None:
     return line
 
 
-def chat_loop(stream: Stream, console, system_hint: str, read: Callable[[str], str] = input) -> None:
+def chat_loop(chat: Chat, console, system_hint: str, read: Callable[[str], str] = input) -> None:
     history: list[dict] = []
     console.print(f"[dim]{system_hint}  ({COMMANDS})[/dim]")
     while True:
@@ -174,15 +167,17 @@ def chat_loop(stream: Stream, console, system_hint: str, read: Callable[[str], s
         if not msg.strip():
             continue
         history.append({"role": "user", "content": msg})
-        answer = asyncio.run(_print_stream(stream, history, console))
+        answer = _print_turn(chat, history, console)
         history.append({"role": "assistant", "content": answer})
 
 
-async def _print_stream(stream: Stream, messages: list[dict], console, keep_going: bool = True) -> str:
+def _print_turn(chat: Chat, messages: list[dict], console, keep_going: bool = True) -> str:
+    """Print one answer as it streams; returns the answer's text (what goes into the conversation)."""
     parts: list[str] = []
     try:
-        async for piece in stream(messages):
-            parts.append(piece)
+        for kind, piece in chat(messages):
+            if kind == "text":
+                parts.append(piece)
             console.out(piece, end="", highlight=False)
             console.file.flush()
     except KeyboardInterrupt:
@@ -196,7 +191,7 @@ async def _print_stream(stream: Stream, messages: list[dict], console, keep_goin
             raise ProtegeError(str(e)) from None
         console.print(f"\n[red]error:[/red] {e}")
     console.out("")
-    return "".join(parts).split("\n[sources:")[0]
+    return "".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,16 +204,16 @@ def run(args: argparse.Namespace) -> int:
     if base:
         import os
 
-        stream = _server_stream(base, model, args.api_key or os.environ.get("PROTEGE_API_KEY"), args)
+        chat = _server_chat(base, model, args.api_key or os.environ.get("PROTEGE_API_KEY"), args)
         where = f"{model} via {base}"
     else:
-        stream, close = _local_stream(model, cfg, args)
+        chat, close = _local_chat(model, cfg, args)
         where = f"{model} (in this process)"
     try:
         if args.prompt is not None:
-            asyncio.run(_print_stream(stream, [{"role": "user", "content": args.prompt}], console, keep_going=False))
+            _print_turn(chat, [{"role": "user", "content": args.prompt}], console, keep_going=False)
         else:
-            chat_loop(stream, console, where)
+            chat_loop(chat, console, where)
     finally:
         if close:
             close()
