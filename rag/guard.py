@@ -59,6 +59,7 @@ KIND_WEIGHT = 0.2  # a sentence carrying the kind of fact asked for (half for th
 RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sentence's cosine
 QUOTE_K = 3       # sentences in a quote at most: the best and its close runners-up
 RUNNER_UP = 0.6  # a runner-up scores at least this share of the best
+RUNNER_UP_OTHER = 0.7  # ... and more when it comes from another source (less likely to complete the same answer)
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
 
@@ -356,7 +357,8 @@ class GuardedReply:
         for e in self.evidence[1:]:
             if len(parts) == QUOTE_K:
                 break
-            if e.score < RUNNER_UP * best.score or any(e.text in p.text or p.text in e.text for p in parts):
+            share = RUNNER_UP if e.source == best.source else RUNNER_UP_OTHER
+            if e.score < share * best.score or any(e.text in p.text or p.text in e.text for p in parts):
                 continue
             if _ROW.match(e.text) and any(_ROW.match(p.text) for p in parts):
                 continue  # sibling table rows are alternatives, not parts of one answer
