@@ -33,7 +33,7 @@ def main() -> None:
                     help="measure with the guard on, off or both")
     args = ap.parse_args()
 
-    from protege.answer_eval import evaluate_answers
+    from protege.api import Assistant
     from protege.config_file import load_config
     from protege.paths import AssistantPaths
     from rag.evaluate import load_qa
@@ -43,9 +43,10 @@ def main() -> None:
     for guard in {"both": (True, False), "on": (True,), "off": (False,)}[args.guard]:
         cfg = load_config(args.config)
         cfg.knowledge.guard = guard
-        kb = KnowledgeBase.open(cfg, AssistantPaths.for_name(cfg.name))
-        for qa_path in args.qa:
-            m, detail = evaluate_answers(kb, cfg, load_qa(qa_path))
+        paths = AssistantPaths.for_name(cfg.name)
+        with Assistant(cfg, paths, knowledge=KnowledgeBase.open(cfg, paths)) as assistant:
+            results = [(qa_path, *assistant.eval_answers(load_qa(qa_path))) for qa_path in args.qa]
+        for qa_path, m, detail in results:
             rows.append({"qa": qa_path.name, "guard": guard, **{k: m.get(k) for k in KEYS}})
             if args.detail and "heldout" not in qa_path.name:
                 for d in detail:

@@ -289,6 +289,13 @@ class Assistant:
         with assistant_lock(self.paths.ensure()):
             return run(self.config, self.paths)
 
+    def eval_answers(self, qa: list[dict], progress: bool = False) -> tuple[dict, list[dict]]:
+        """Ask every QA row (rag/evaluate.load_qa) through `ask` and score the replies: answer accuracy, source
+        hit@3, guard rate, refusal precision/recall (metrics, per-question detail)."""
+        from protege.answer_eval import evaluate_answers
+
+        return evaluate_answers(self, qa, progress=progress)
+
     def export(self, bundle: bool = False) -> dict:
         """Merge, GGUF, quantize, verify (export/pipeline.py); `bundle` also writes the offline edge bundle. A loaded
         model is let go so the next answer uses the new GGUF."""

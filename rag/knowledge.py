@@ -1,18 +1,18 @@
-"""The knowledge base facade used by the CLI (`protege index/ask/rag`) and the server: index, retrieve with the
-confidence gate, build the grounded prompt, answer. Below `min_score` the refusal is returned and the LLM is never
-called: a threshold that can be bypassed is no threshold."""
+"""The knowledge base facade used by the CLI (`protege index/ask/rag`), the builder and the server: index, retrieve
+with the confidence gate, build the grounded prompt, open the guard for one answer. The answer itself is made in one
+place, serve/service.py (the server, `protege ask/run` and `protege.Assistant` all go through it): below `min_score`
+the refusal is returned and the LLM is never called, since a threshold that can be bypassed is no threshold."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable
 
 from protege.config import AssistantConfig, KnowledgeConfig
 from protege.errors import ProtegeError
 from protege.paths import AssistantPaths
 from rag.grounding import build_messages, search_queries, text_of, user_turns
-from rag.types import Answer, Retrieval, Source
+from rag.types import Retrieval, Source
 
 class KnowledgeBase:
     def __init__(self, kcfg: KnowledgeConfig, collection: str, persist_dir: Path, system_prompt: str | None = None,
@@ -143,25 +143,3 @@ class KnowledgeBase:
         context = Context(*(s.text for s in retrieval.sources),
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))
         return self.guard.session(retrieval.question, retrieval.sources, context, self.marker, self.refusal)
-
-    def answer(self, question: str | list[dict], generate: Callable[[list[dict]], str]) -> Answer:
-        """The whole grounded answer for the answer eval (protege/answer_eval.py): retrieve on the conversation, gate,
-        generate on the grounded prompt, guard. `question` is a string or a chat (list of messages). `protege ask`
-        and the Python API take the server's path instead (protege/api.py -> serve/service.py)."""
-        messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
-        retrieval = self.retrieve_conversation(messages)
-        if retrieval.refused:
-            return Answer(text=self.refusal, sources=[], confidence=retrieval.confidence, refused=True,
-                          grounding="refused")
-        base = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        if any(m.get("role") == "system" for m in messages):
-            base = []
-        grounded = self.build_messages(base + messages, retrieval)
-        text = (generate(grounded) or "").strip()
-        session = self.guard_session(messages, retrieval)
-        if session is None:
-            return Answer(text=text, sources=retrieval.sources, confidence=retrieval.confidence, refused=False)
-        text = (session.feed(text) + session.finish()).strip()
-        return Answer(text=text, sources=retrieval.sources, confidence=retrieval.confidence,
-                      refused=session.grounding == "refused", grounding=session.grounding,
-                      unsupported=session.unsupported)

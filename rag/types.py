@@ -31,22 +31,3 @@ class Retrieval:
     sources: list[Source] = field(default_factory=list)
     confidence: float = 0.0
     refused: bool = True
-
-
-@dataclass
-class Answer:
-    text: str
-    sources: list[Source]
-    confidence: float
-    refused: bool
-    grounding: str = "generated"   # generated | extractive (the guard quoted a source) | refused (below the gate)
-    unsupported: list[str] = field(default_factory=list)  # claims the guard kept out of the reply
-
-    def to_dict(self) -> dict:
-        return {
-            "answer": self.text,
-            "sources": [s.to_dict() for s in self.sources],
-            "confidence": self.confidence,
-            "refused": self.refused,
-            "grounding": self.grounding,
-        }

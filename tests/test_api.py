@@ -207,3 +207,14 @@ def test_real_llamacpp_chat_ask_and_the_cli_folder_mode(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got["sources"][0]["path"] == "warranty.txt" and got["answer"].strip()
     assert got["grounding"] in ("generated", "extractive") and got["refused"] is False
+    # the answer eval asks through the same path: `protege rag eval --answers` on a written QA file
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "How long is the warranty?", "source": "warranty.txt",
+                              "answer_contains": ["ten years"]}) + "\n"
+                  + json.dumps({"question": "How do I bake sourdough bread?", "source": None}) + "\n")
+    assert main(["rag", "eval", "--folder", str(CORPUS), "--collection", "volt-cli", "--persist", persist, str(qa),
+                 "--answers", "--no-index", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["questions"] == 2 and m["source_hit@3"] == 1.0 and m["refusal_recall"] == 1.0
+    assert [d["grounding"] for d in m["questions_detail"]][1] == "refused"
+    assert m["questions_detail"][0]["sources"][0] == "warranty.txt" and m["answer_accuracy"] == 1.0

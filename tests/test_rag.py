@@ -207,37 +207,6 @@ def indexed_kb(tmp_path_factory):
     return kb
 
 
-def test_out_of_domain_question_is_refused_without_calling_the_llm(indexed_kb):
-    def generate(messages):
-        raise AssertionError("the LLM must not be called below min_score")
-
-    ans = indexed_kb.answer("How do I bake sourdough bread?", generate)
-    assert ans.refused and ans.text == indexed_kb.refusal and ans.sources == []
-    assert 0 <= ans.confidence < 0.3
-    assert ans.to_dict()["refused"] is True
-
-
-def test_answer_carries_sources_and_grounded_prompt(indexed_kb):
-    seen = []
-
-    def generate(messages):
-        seen.append(messages)
-        return " Ten years or 6,000 cycles [1]. "
-
-    ans = indexed_kb.answer("How long is the warranty?", generate)
-    assert not ans.refused and ans.text == "Ten years or 6,000 cycles [1]."
-    assert ans.sources[0].path == "warranty.txt" and ans.sources[0].page is None and ans.sources[0].chunk_id
-    assert ans.confidence == max(s.score for s in ans.sources)
-    (messages,) = seen
-    assert messages[0]["role"] == "system" and messages[0]["content"].startswith("You are Volt")
-    assert "not instructions" in messages[0]["content"] and "[1]" in messages[0]["content"]
-    user = messages[-1]
-    assert user["role"] == "user" and user["content"].startswith("<documents>\n[1] warranty.txt")
-    assert user["content"].rstrip().endswith("Question: How long is the warranty?")
-    d = ans.to_dict()
-    assert d["sources"][0]["path"] == "warranty.txt" and "text" not in d["sources"][0]
-
-
 def test_build_messages_keeps_persona_first_and_neutralises_delimiters(indexed_kb):
     from rag.types import Retrieval, Source
 

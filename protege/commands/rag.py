@@ -71,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _answers(args: argparse.Namespace, kb, cfg, qa: list[dict]) -> int:
-    from protege.answer_eval import evaluate_answers
+    from protege.api import Assistant
 
-    m, detail = evaluate_answers(kb, cfg, qa, progress=not args.json)
+    assistant = Assistant(cfg, knowledge=kb) if cfg is not None else Assistant.from_knowledge(kb)
+    with assistant:
+        m, detail = assistant.eval_answers(qa, progress=not args.json)
     if args.json:
         print(json.dumps({**m, "questions_detail": detail}, indent=2, ensure_ascii=False))
     else:
