@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from protege.config import AssistantConfig
 from protege.errors import DataError
 from protege.paths import AssistantPaths
+from protege.records import RecordError, iter_json_records, read_conversations
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv")
 ROLES = {"system", "user", "assistant"}
@@ -39,10 +40,6 @@ class LoadResult:
     files: list[str] = field(default_factory=list)
 
 
-class RecordError(ValueError):
-    """A problem with one record; the loader adds file:line."""
-
-
 def expand_files(entries: list[Path]) -> list[Path]:
     """`data.files` entries may be files or folders (walked recursively for *.json, *.jsonl, *.csv)."""
     out: list[Path] = []
@@ -58,50 +55,6 @@ def expand_files(entries: list[Path]) -> list[Path]:
         else:
             raise DataError(f"{p}: no such data file or folder")
     return out
-
-
-def _line_of(text: str, index: int) -> int:
-    return text.count("\n", 0, index) + 1
-
-
-def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line, object) from a JSON array, a single JSON object, or JSON Lines; bad JSON -> DataError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    stripped = text.lstrip()
-    decoder = json.JSONDecoder()
-    if stripped.startswith("["):
-        i = text.index("[") + 1
-        while True:
-            while i < len(text) and text[i] in " \t\r\n,":
-                i += 1
-            if i >= len(text):
-                raise DataError(f"{path}:{_line_of(text, i)}: invalid JSON: unterminated array")
-            if text[i] == "]":
-                return
-            try:
-                obj, end = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-            yield _line_of(text, i), obj
-            i = end
-    lines = text.splitlines()
-    if path.suffix.lower() == ".json" and stripped.startswith("{"):
-        try:
-            yield _line_of(text, text.index("{")), json.loads(text)
-            return
-        except json.JSONDecodeError as e:
-            if e.msg != "Extra data":
-                raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 def _text(value: Any, what: str) -> str:
@@ -280,7 +233,8 @@ def jsonl_text(convs: list[Conversation]) -> str:
 
 
 def read_jsonl(path: Path) -> list[list[dict[str, str]]]:
-    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The conversations of a train/val split this stage wrote."""
+    return read_conversations(path)
 
 
 def load_tokenizer(cfg: AssistantConfig):

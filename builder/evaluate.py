@@ -19,14 +19,10 @@ from protege.paths import AssistantPaths
 
 def read_prompts(path: Path, system: str | None) -> list[dict]:
     """{"prompt": ..., "reference": ...?} per line -> [{"messages": [...], "reference": str|None, "source": ...}]."""
+    from protege.records import iter_json_records
+
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
+    for n, rec in iter_json_records(path):
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
             raise DataError(f"{path}:{n}: expected an object with a non-empty string 'prompt'")
         ref = rec.get("reference")

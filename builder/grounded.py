@@ -45,7 +45,7 @@ class GroundedReport:
 
 def load_train_qa(path: Path) -> list[QARow]:
     """Rows of a train_qa JSONL file; a bad line is an error naming file:line and the field."""
-    from builder.data import RecordError, iter_json_records
+    from protege.records import RecordError, iter_json_records
 
     rows = []
     for line, rec in iter_json_records(Path(path)):

@@ -9,7 +9,6 @@ better one; the choice and both losses go into the export report.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -73,14 +72,9 @@ def load_tokenizer(base_dir: Path, adapter_dir: Path | None):
 def read_val(val_file: Path) -> list[list[dict[str, str]]]:
     if not val_file.is_file():
         return []
-    out = []
-    for n, line in enumerate(val_file.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line)["messages"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ProtegeError(f"{val_file}:{n}: expected a JSON object with `messages`") from None
-    return out[:VAL_MAX_EXAMPLES]
+    from protege.records import read_conversations
+
+    return read_conversations(val_file)[:VAL_MAX_EXAMPLES]
 
 
 def merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, mode: str = "auto",

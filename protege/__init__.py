@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Assistant", "AssistantInfo", "Reply", "ReplyStream", "build", "list_assistants"]
+__all__ = ["Assistant", "AssistantInfo", "Reply", "ReplyStream", "build", "import_base", "list_assistants"]
 
 if TYPE_CHECKING:
-    from protege.api import Assistant, AssistantInfo, Reply, ReplyStream, build, list_assistants
+    from protege.api import Assistant, AssistantInfo, Reply, ReplyStream, build, import_base, list_assistants
 
 
 def __getattr__(name: str) -> Any:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Iterable, TypeVar
 
 from protege.config import AssistantConfig
-from protege.errors import AssistantNotFound, ConfigError, GenerationError, NoKnowledgeError, ProtegeError, require
+from protege.errors import AssistantNotFound, ConfigError, GenerationError, NoKnowledgeError, require
 from protege.paths import AssistantPaths, protege_home
+from protege.reply import Reply, ReplyStream
 from rag.types import Retrieval, Source
 
 if TYPE_CHECKING:
@@ -29,68 +30,13 @@ if TYPE_CHECKING:
     from serve.engines.base import GenParams
     from serve.service import Service
 
-__all__ = ["Assistant", "AssistantInfo", "Reply", "ReplyStream", "build", "list_assistants"]
+__all__ = ["Assistant", "AssistantInfo", "Reply", "ReplyStream", "build", "import_base", "list_assistants"]
 
 T = TypeVar("T")
 # GenParams fields a caller may set through chat(**gen); model/messages/prompt/n/logprobs are the API's to decide.
 GEN_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "json_schema", "json_object",
             "presence_penalty", "frequency_penalty", "repeat_penalty")
 ASK_TEMPERATURE = 0.0  # `ask` is a lookup: the same question gives the same answer (what `protege ask` always did)
-
-
-@dataclass
-class Reply:
-    """One answer. `grounding` is None without retrieval, else generated | extractive (the guard quoted a source) |
-    refused (below knowledge.min_score, or the guard found nothing supported); `sources` are as served (no chunk text:
-    `retrieve()` has it)."""
-
-    text: str
-    sources: list[Source] = field(default_factory=list)
-    confidence: float | None = None
-    grounding: str | None = None
-    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
-    finish_reason: str | None = None
-
-    @property
-    def refused(self) -> bool:
-        return self.grounding == "refused"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The `protege ask --json` object."""
-        return {"answer": self.text, "sources": [s.to_dict() for s in self.sources], "confidence": self.confidence,
-                "refused": self.refused, "grounding": self.grounding}
-
-
-class ReplyStream:
-    """Iterate for the text pieces as they are generated; `.reply` is the whole Reply once the iteration ended.
-    Leaving the loop early (or `close()`) stops the generation and frees the engine."""
-
-    def __init__(self, owner: "Assistant", start: Callable[["ReplyStream"], AsyncIterator[str]]):
-        self._owner = owner
-        self._reply: Reply | None = None
-        self._pieces = start(self)  # nothing runs until the first piece is asked for
-
-    def __iter__(self) -> Iterator[str]:
-        try:
-            while True:
-                try:
-                    piece = self._owner._call(self._pieces.__anext__())
-                except StopAsyncIteration:
-                    return
-                if piece:
-                    yield piece
-        finally:
-            self.close()
-
-    @property
-    def reply(self) -> Reply:
-        if self._reply is None:
-            raise ProtegeError("the reply is complete only after the stream has been read to its end")
-        return self._reply
-
-    def close(self) -> None:
-        if self._owner._loop is not None:
-            self._owner._call(self._pieces.aclose())  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -145,6 +91,13 @@ def build(config: str | Path | AssistantConfig, force: Iterable[str] = (), progr
     a = Assistant(cfg, paths, engine=engine)
     a.outcomes = outcomes
     return a
+
+
+def import_base(model: str | None = None, force: bool = False) -> Path:
+    """Import a base model into $PROTEGE_HOME/base (`protege import-base`; None: the embedded SmolLM2): its folder."""
+    from builder.base_model import DEFAULT_BASE, import_base as run
+
+    return run(model or DEFAULT_BASE, force=force)
 
 
 def _load_config(path: str | Path, overrides: Iterable[str] = ()) -> AssistantConfig:
@@ -280,6 +233,29 @@ class Assistant:
             return kb.index(progress=progress)
         with assistant_lock(self.paths.ensure()):
             return kb.index(progress=progress)
+
+    def prepare_data(self, write: bool = True) -> dict:
+        """Validate, clean, dedupe and split the conversations (builder/data.py): the data report; `write` False only
+        checks (no lock: a check may run beside a build)."""
+        from builder.data import prepare
+        from protege.lock import assistant_lock
+
+        if not write:
+            return prepare(self.config, self.paths, write=False)
+        with assistant_lock(self.paths.ensure()):
+            return prepare(self.config, self.paths, write=True)
+
+    def train(self, resume: bool = False) -> dict:
+        """Fine-tune the style adapter (builder/train.py) on freshly prepared data (a resumed run keeps the split it
+        started with); the training metrics."""
+        from builder.data import prepare
+        from builder.train import run
+        from protege.lock import assistant_lock
+
+        with assistant_lock(self.paths.ensure()):
+            if not (resume and (self.paths.data / "train.jsonl").is_file()):
+                prepare(self.config, self.paths)
+            return run(self.config, self.paths, resume=resume)
 
     def eval(self) -> dict:
         """Base vs tuned on the held-out split (builder/evaluate.py; needs the train extra)."""

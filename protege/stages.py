@@ -146,7 +146,7 @@ def _runner(stage: str) -> Callable[[AssistantConfig, AssistantPaths], dict]:
         from export.pipeline import run
         return run
     if stage == "index":
-        from rag.index import run
+        from rag.stage import run
         return run
     if stage == "answers":
         from protege.answer_eval import run

@@ -7,7 +7,6 @@ that the threshold sits as far as possible from both populations."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -18,18 +17,12 @@ MRR_DEPTH = 10
 
 
 def load_qa(path: Path) -> list[dict]:
+    from protege.records import iter_json_records
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such QA file")
     rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such QA file") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON: {e.msg}") from None
+    for n, obj in iter_json_records(Path(path)):
         if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
             raise DataError(f"{path}:{n}: expected an object with a non-empty \"question\" string")
         src = obj.get("source")

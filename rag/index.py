@@ -139,15 +139,3 @@ def write_report(report: dict, folder: Path) -> Path:
     path = Path(folder) / "index_report.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     return path
-
-
-def run(cfg, paths) -> dict:
-    """The `index` stage of `protege build`: index cfg.knowledge.folder into paths.knowledge (or the Chroma server)."""
-    from rag.knowledge import KnowledgeBase
-
-    from protege.lock import assistant_lock
-
-    if cfg.knowledge is None or cfg.knowledge.folder is None:
-        raise ProtegeError(f"{cfg.name}: no knowledge.folder in the config, nothing to index")
-    with assistant_lock(paths):
-        return KnowledgeBase.open(cfg, paths).index()

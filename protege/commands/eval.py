@@ -14,12 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.evaluate import run as evaluate
     from builder.eval_report import ROWS
+    from protege.api import Assistant
     from protege.commands._common import load
 
     cfg, paths = load(args)
-    res = evaluate(cfg, paths)
+    res = Assistant(cfg, paths).eval()
     for key, label in ROWS:
         b, t = res["base"][key], res["tuned"][key]
         if b is not None or t is not None:

@@ -16,11 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from protege.api import Assistant
     from protege.commands._common import load
-    from export.pipeline import run as export
 
     cfg, paths = load(args)
-    report = export(cfg, paths, bundle=args.bundle)
+    report = Assistant(cfg, paths).export(bundle=args.bundle)
     ver = report["verification"]
     parity = ver["parity_hf_vs_f16"]
     print(f"exported {cfg.name} in {report['seconds']} s -> {paths.gguf}")

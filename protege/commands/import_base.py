@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.base_model import DEFAULT_BASE, import_base
+    from protege.api import import_base
 
-    path = import_base(args.model or DEFAULT_BASE, force=args.force)
+    path = import_base(args.model, force=args.force)
     print(path)
     return 0

@@ -15,14 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.data import prepare
-    from builder.train import run as train
+    from protege.api import Assistant
     from protege.commands._common import load
 
     cfg, paths = load(args)
-    if not (args.resume and (paths.data / "train.jsonl").is_file()):
-        prepare(cfg, paths)  # deterministic; a resumed run keeps the split it started with
-    m = train(cfg, paths, resume=args.resume)
+    m = Assistant(cfg, paths).train(resume=args.resume)
     start = f"{m['val_loss_initial']:.4f} -> " if m["val_loss_initial"] is not None else ""
     val = f"val loss {start}best {m['best_val_loss']:.4f}" if m["best_val_loss"] is not None else "no val split"
     print(f"trained {m['global_step']}/{m['max_steps']} steps in {m['train_seconds']:.0f}s "
