@@ -23,26 +23,13 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
+
+from rag.bm25_index import bm25_tokens  # noqa: F401  (re-exported: callers import it from here)
 from rag.store import Hit, Store
 from rag.types import Source
 
 RRF_K = 60
-_STOP = set(
-    "a an and are as at be by can do does for from how i if in is it its my of on or our so that the their then there "
-    "these this to was we what when where which who why will with you your".split()
-)
-
-
-def bm25_tokens(text: str) -> list[str]:
-    """Lower-cased word tokens without stop words, with a crude plural strip (refunds ~ refund)."""
-    out = []
-    for t in re.findall(r"[a-z0-9]+", text.lower()):
-        if t in _STOP:
-            continue
-        if len(t) > 4 and t.endswith("s") and not t.endswith("ss"):
-            t = t[:-1]
-        out.append(t)
-    return out
 
 
 class Retriever:
@@ -54,13 +41,13 @@ class Retriever:
         self.unknown_name_factor = unknown_name_factor
         self.hybrid, self.rerank_path = hybrid, rerank
         self.candidates = candidates or max(4 * top_k, 20)
-        self._bm25 = None
-        self._bm25_key = None
+        self._text: tuple[tuple[int, int], str] | None = None  # (BM25 index identity and version, all text)
         self._cross = None
 
     def invalidate(self) -> None:
-        """Call after the collection changed (the BM25 index is an in-memory copy)."""
-        self._bm25 = self._bm25_key = None
+        """Call after the collection changed. The BM25 index follows the store by itself (store.bm25()); this only
+        drops the lower-cased text kept for spelled-out acronyms."""
+        self._text = None
 
     def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
         """Final ranked sources, best first, no gate applied (`qvec`: the question's embedding if already known)."""
@@ -85,32 +72,26 @@ class Retriever:
         return [self.search(q, k, v) for q, v in zip(questions, vectors)]
 
     # --- hybrid -------------------------------------------------------------------------------------------------
-    def _corpus(self):
-        """(BM25 index or None, ids, sorted vocabulary) of the collection, rebuilt when its size changes."""
-        key = self.store.count()
-        if self._bm25 is None or self._bm25_key != key:
-            from rank_bm25 import BM25Okapi
-
-            ids, docs, vocab, texts = [], [], set(), []
-            for cid, _, doc in self.store.iter_all(include=("documents",)):
-                tokens = bm25_tokens(doc)
-                ids.append(cid)
-                docs.append(tokens or ["_"])
-                vocab.update(tokens)
-                texts.append((doc or "").lower())
-            self._bm25 = (BM25Okapi(docs) if ids else None, ids, sorted(vocab), "\n".join(texts))
-            self._bm25_key = key
-        return self._bm25
+    def _all_text(self, bm25) -> str:
+        """Every chunk's lower-cased text, newline-joined in the store's order: only a question with an acronym needs
+        it (is it spelled out somewhere?), so it is read from the store then, once per version of the index."""
+        key = (id(bm25), bm25.version)
+        if self._text is None or self._text[0] != key:
+            texts = [(doc or "").lower() for _, _, doc in self.store.iter_all(include=("documents",))]
+            self._text = (key, "\n".join(texts))
+        return self._text[1]
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question (capitalised words past the first, acronyms, codes like t3.micro) of which no
         token occurs in the documents, even as a prefix ("IP" matches "ip55"); pure numbers are not names."""
-        _, _, vocab, text = self._corpus()
+        bm25 = self.store.bm25()
+        vocab = bm25.terms()
         missing = []
         for w in salient_words(question):
             if re.fullmatch(r"[A-Z]{2,}s", w):  # a plural acronym: "CPUs" names what "CPU" names
                 w = w[:-1]
-            if re.fullmatch(r"[A-Z]{3,6}", w) and _spelled_out(w, text):  # "CFO": "Chief Financial Officer"
+            # "CFO": "Chief Financial Officer"
+            if re.fullmatch(r"[A-Z]{3,6}", w) and _spelled_out(w, self._all_text(bm25)):
                 continue
             for t in bm25_tokens(w):
                 if t.isdigit() or _has_prefix(vocab, t):
@@ -119,13 +100,13 @@ class Retriever:
         return missing
 
     def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int) -> list[Hit]:
-        bm25, ids, _, _ = self._corpus()
         tokens = bm25_tokens(question)
-        if bm25 is None or not tokens:
+        if not tokens:
             return dense
-        scores = bm25.get_scores(tokens)
-        order = sorted(range(len(ids)), key=lambda i: -scores[i])[:n]
-        lexical = [ids[i] for i in order if scores[i] > 0]
+        bm25 = self.store.bm25()
+        if bm25.count == 0:
+            return dense
+        lexical = bm25.top(tokens, n)  # BM25Okapi's n best with a score > 0, ties in the store's order
         fused: dict[str, float] = {}
         for rank, h in enumerate(dense):
             fused[h.id] = fused.get(h.id, 0.0) + self.dense_weight / (RRF_K + rank + 1)
@@ -143,8 +124,7 @@ class Retriever:
             return []
         res = self.store.col.get(ids=ids, include=["documents", "metadatas", "embeddings"])
         out = []
-        for cid, doc, meta, emb in zip(res["ids"], res["documents"], res["metadatas"], res["embeddings"]):
-            cos = float(sum(a * b for a, b in zip(qvec, emb)))
+        for cid, doc, meta, cos in zip(res["ids"], res["documents"], res["metadatas"], _dots(qvec, res["embeddings"])):
             out.append(Hit(cid, doc or "", dict(meta or {}), min(1.0, max(0.0, cos))))
         return out
 
@@ -195,6 +175,19 @@ def _spelled_out(acronym: str, text: str) -> bool:
 def _has_prefix(vocab: list[str], token: str) -> bool:
     i = bisect.bisect_left(vocab, token)
     return i < len(vocab) and vocab[i].startswith(token)
+
+
+def _dots(qvec: list[float], embeddings) -> list[float]:
+    """Each stored vector's dot product with the question's, as `sum(a * b for a, b in zip(qvec, emb))` computed it
+    (products in the stored vectors' dtype, summed left to right: cumsum is sequential) but without a Python loop over
+    the 384 dimensions: the same floats, so the same scores and tie-breaks."""
+    embs = np.asarray(embeddings)
+    if embs.size == 0:
+        return []
+    if embs.dtype not in (np.float32, np.float64):
+        embs = embs.astype(np.float64)
+    prods = np.asarray(qvec, dtype=embs.dtype) * embs
+    return [float(x) for x in np.cumsum(prods, axis=1, dtype=embs.dtype)[:, -1]]
 
 
 def _source(h: Hit) -> Source:
