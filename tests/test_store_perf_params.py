@@ -30,7 +30,8 @@ def docs(n: int, start: int = 0) -> list[str]:
 
 
 def add(store: Store, lo: int, hi: int) -> None:
-    store.add([f"c{i}" for i in range(lo, hi)], vectors(hi, 1)[lo:hi], docs(hi - lo, lo), [{"path": "x.md"}] * (hi - lo))
+    n = hi - lo
+    store.add([f"c{i}" for i in range(lo, hi)], vectors(hi, 1)[lo:hi], docs(n, lo), [{"path": "x.md"}] * n)
 
 
 def test_new_collection_gets_the_tuned_hnsw_params(tmp_path):
