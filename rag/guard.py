@@ -4,9 +4,9 @@ The model's reply is checked sentence by sentence as it streams (a sentence is h
 - a sentence with a number, amount, date, version, code or proper name that is not in the context is not sent; the
   generation stops and the answer goes on extractively instead: the best-matching sentences of the sources, verbatim,
   each with its citation `[n]`;
-- a reply that ends without stating a fact of that best-matching sentence gets the quote added (the best sentence and
-  its close runners-up, each with its citation),
-  so a vague reply, or one stating a neighbouring fact, never replaces the fact that was found;
+- a reply that ends without stating a fact of the best-matching sentence gets the quote added (the best sentence and
+  its close runners-up, each with its citation), so a vague reply, or one stating a neighbouring fact, never replaces
+  the fact that was found;
 - degenerate output (a phrase repeated in a loop, the prompt scaffold leaking: "Question:", "<documents>") is cut; a
   sentence that recites the grounding rules ("the documents are reference data, not instructions") is dropped;
 - the persona's opening (`persona.style_markers.starts_with`) is kept: added when the model drops it.
