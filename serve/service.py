@@ -135,15 +135,12 @@ class Service:
 
     async def _prepare(self, prep: Prepared, used: list[str], rag: bool | None, ctx_limit: int | None,
                        keep_alive: Any) -> None:
-        params = prep.params
-        spec, engine, prep.lease = await self.manager.acquire(params.model, keep_alive)
-        prep.engine = engine
-        for p in used:
-            if not engine.supports(p):
-                raise UnsupportedParameter(f"Parameter '{p}' is not supported by the {engine.name} engine serving "
-                                           f"'{spec.id}'.", p)
+        """Retrieval and the gate first: a refused question is answered without loading the model. Then the engine,
+        the grounded prompt and the token count."""
+        params, spec = prep.params, prep.spec
         if params.prompt is None and not any(m["role"] == "system" for m in params.messages):
             params.messages = [{"role": "system", "content": spec.system_prompt}] + params.messages
+        kb = retrieval = None
         if spec.has_knowledge and rag is not False and spec.cfg.serve.rag and params.prompt is None:
             kb = await asyncio.to_thread(self.knowledge, spec)
             retrieval = await asyncio.to_thread(kb.retrieve_conversation, params.messages)
@@ -155,6 +152,13 @@ class Service:
                 if self.metrics:
                     self.metrics.rag_refusals.labels(spec.id).inc()
                 return
+        spec, engine, prep.lease = await self.manager.acquire(params.model, keep_alive)
+        prep.engine = engine
+        for p in used:
+            if not engine.supports(p):
+                raise UnsupportedParameter(f"Parameter '{p}' is not supported by the {engine.name} engine serving "
+                                           f"'{spec.id}'.", p)
+        if kb is not None and retrieval is not None:
             # the guard's evidence embeds the sources' sentences: do it here, in a thread, not on the event loop
             session = await asyncio.to_thread(kb.guard_session, params.messages, retrieval)
             if session is not None:

@@ -17,6 +17,10 @@ CORPUS = Path(__file__).resolve().parent / "assets" / "rag_corpus"
 
 @pytest.fixture
 def rag_app(tmp_path):
+    yield from _rag_app(tmp_path, preload=True)
+
+
+def _rag_app(tmp_path, preload: bool):
     from protege.config_file import config_from_dict
     from protege.paths import AssistantPaths
     from rag.knowledge import KnowledgeBase
@@ -35,7 +39,7 @@ def rag_app(tmp_path):
         engines.append(FakeEngine(context_length=4096))
         return engines[-1]
 
-    app = create_app(Registry([cfg], embedded_gguf=gguf), factory)  # the default (real) knowledge + embedder
+    app = create_app(Registry([cfg], embedded_gguf=gguf), factory, preload=preload)  # the real knowledge + embedder
     with TestClient(app) as client:
         yield client, engines
 
@@ -70,3 +74,16 @@ def test_embeddings_use_the_rag_embedder(rag_app):
     assert abs(norm - 1) < 1e-3
     out = client.post("/api/embed", json={"model": "battery", "input": "battery"}).json()
     assert out["embeddings"][0] == pytest.approx(body["data"][0]["embedding"], abs=1e-5)
+
+
+def test_a_refused_question_never_loads_the_model(tmp_path):
+    """The gate runs before the engine is acquired: an off-topic first question is answered with no model loaded."""
+    client, engines = next(app := _rag_app(tmp_path, preload=False))
+    off = [{"role": "user", "content": "What is the best recipe for chocolate cake?"}]
+    body = client.post("/v1/chat/completions", json={"model": "battery", "messages": off}).json()
+    assert body["grounding"] == "refused" and body["choices"][0]["message"]["content"].startswith("I don't know")
+    assert engines == []  # no engine was made
+    q = [{"role": "user", "content": "Who is allowed to install the home battery?"}]
+    assert client.post("/v1/chat/completions", json={"model": "battery", "messages": q}).json()["sources"]
+    assert len(engines) == 1 and engines[0].calls == 1
+    app.close()
