@@ -1,66 +1,54 @@
-"""Small, dependency-free text metrics for `protege eval`: ROUGE-L F1, BLEU-4 and style-marker adherence.
+"""Text metrics for `protege eval`: ROUGE-L F1 (rouge-score), BLEU-4 (sacrebleu) and style-marker adherence.
 
-ROUGE-L follows Lin (2004) with beta=1 on lower-cased word tokens; BLEU-4 is corpus BLEU (Papineni et al. 2002)
-with a brevity penalty, as sacrebleu/nltk compute it without smoothing on one reference per hypothesis.
+Why libraries: scores a user compares with a paper or another tool must be computed the way those are, and
+hand-written metrics drift (tokenisation, smoothing, brevity penalty). Both are imported on first use, so the style
+checks below stay cheap to import.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
+from functools import lru_cache
+from typing import Any
 
 from protege.config import StyleMarkers
+from protege.errors import require
 
-TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# rouge-score's default tokenizer: lower-case, keep runs of [a-z0-9]. Same on ASCII text, but letters and digits of
+# every script are kept: the default drops them, so "café" would become "caf" and two identical Japanese replies
+# would score 0.
+_WORD_RE = re.compile(r"[^\W_]+")
 
 
-def tokens(text: str) -> list[str]:
-    return TOKEN_RE.findall(text.lower())
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    rouge_scorer = require("rouge_score.rouge_scorer", "train")
+    tokenizers = require("rouge_score.tokenizers", "train")
 
+    class UnicodeWords(tokenizers.Tokenizer):
+        def tokenize(self, text: str) -> list[str]:
+            return _WORD_RE.findall(text.lower())
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+    # use_stemmer off: Porter stemming is English-only, and the old metric did not stem either.
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=UnicodeWords())
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
-    """ROUGE-L F1 between two texts (0..1)."""
-    h, r = tokens(hypothesis), tokens(reference)
-    lcs = _lcs(h, r)
-    if lcs == 0:
-        return 0.0
-    p, rec = lcs / len(h), lcs / len(r)
-    return 2 * p * rec / (p + rec)
-
-
-def _ngrams(toks: list[str], n: int) -> Counter:
-    return Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+    """ROUGE-L F1 (Lin 2004, beta=1) between two texts, 0..1, on lower-cased words; punctuation is not a token."""
+    return _rouge_scorer().score(reference, hypothesis)["rougeL"].fmeasure
 
 
 def bleu4(hypotheses: list[str], references: list[str]) -> float:
-    """Corpus BLEU-4 (0..1), uniform weights, one reference each; 0 when any n-gram order has no match."""
-    matches, totals = [0] * 4, [0] * 4
-    hyp_len = ref_len = 0
-    for hyp, ref in zip(hypotheses, references):
-        h, r = tokens(hyp), tokens(ref)
-        hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
-        for n in range(1, 5):
-            hn, rn = _ngrams(h, n), _ngrams(r, n)
-            matches[n - 1] += sum(min(c, rn[g]) for g, c in hn.items())
-            totals[n - 1] += max(0, len(h) - n + 1)
-    if hyp_len == 0 or min(matches) == 0:
-        return 0.0
-    log_p = sum(math.log(m / t) for m, t in zip(matches, totals)) / 4
-    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return bp * math.exp(log_p)
+    """Corpus BLEU-4 (0..1) with one reference per hypothesis: sacrebleu's score / 100.
+
+    sacrebleu's defaults, so the number is the one papers report (signature nrefs:1|case:mixed|eff:no|tok:13a|
+    smooth:exp): mixed case, 13a tokens, exp smoothing (the NIST/mteval method, also sentence_bleu's default), which
+    gives an n-gram order with no match 1 / (2^k * total) instead of zeroing the score. Still 0 when no unigram
+    matches, or when no hypothesis has 4 tokens (that order has no n-grams to smooth).
+    """
+    BLEU = require("sacrebleu.metrics", "train").BLEU
+
+    return BLEU(smooth_method="exp").corpus_score(list(hypotheses), [list(references)]).score / 100
 
 
 def has_markers(markers: StyleMarkers) -> bool:

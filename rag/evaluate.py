@@ -7,7 +7,7 @@ that the threshold sits as far as possible from both populations."""
 
 from __future__ import annotations
 
-import re
+import io
 from pathlib import Path
 
 from protege.errors import DataError
@@ -132,35 +132,42 @@ def calibrate(scored: list[dict]) -> tuple[float, float]:
 
 
 def write_min_score(config_path: Path, value: float) -> None:
-    """Set knowledge.min_score in the YAML text, keeping comments and the rest of the file; atomic write."""
+    """Set knowledge.min_score in the user's YAML with a ruamel.yaml round trip: comments, key order, quoting and
+    indentation stay as the user wrote them. Written like every config (atomic_write_text): temp file then rename in
+    the real file's folder, a symlink written through and kept a link, the mode kept."""
     import yaml
 
     from protege.config_file import atomic_write_text
+    from protege.errors import require
 
-    text = Path(config_path).read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    k_idx = next((i for i, l in enumerate(lines) if re.match(r"^knowledge\s*:\s*(#.*)?$", l.rstrip("\r\n"))), None)
-    new_text = None
-    if k_idx is not None:
-        end = next((i for i in range(k_idx + 1, len(lines)) if re.match(r"^\S", lines[i]) and not
-                    lines[i].lstrip().startswith("#")), len(lines))
-        body = [i for i in range(k_idx + 1, end) if lines[i].strip() and not lines[i].lstrip().startswith("#")]
-        indent = re.match(r"^(\s*)", lines[body[0]]).group(1) if body else "  "
-        hit = next((i for i in body if re.match(rf"^{indent}min_score\s*:", lines[i])), None)
-        if hit is not None:
-            m = re.match(rf"^({indent}min_score\s*:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$", lines[hit])
-            lines[hit] = f"{m.group(1)}{value}{m.group(3) or ''}{m.group(4) or ''}"
-        else:
-            lines.insert(k_idx + 1, f"{indent}min_score: {value}\n")
-        new_text = "".join(lines)
-    else:  # flow style or no section: fall back to a full rewrite (comments are lost)
-        data = yaml.safe_load(text) or {}
-        data.setdefault("knowledge", {})
-        if not isinstance(data["knowledge"], dict):
-            data["knowledge"] = {}
-        data["knowledge"]["min_score"] = value
-        new_text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    check = yaml.safe_load(new_text) or {}
-    if (check.get("knowledge") or {}).get("min_score") != value:
+    require("ruamel.yaml", "rag")
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    rt = YAML()  # round-trip
+    rt.preserve_quotes = True
+    rt.width = 1 << 30  # never re-wrap a long line (a system prompt) the user kept on one line
+    try:
+        data, seq_indent, seq_offset = load_yaml_guess_indent(Path(config_path).read_text(encoding="utf-8"), yaml=rt)
+    except YAMLError as e:
+        raise DataError(f"{config_path}: not valid YAML ({e}); set knowledge.min_score to {value} by hand") from e
+    data = CommentedMap() if data is None else data
+    if not isinstance(data, CommentedMap):
+        raise DataError(f"{config_path}: the top level is not a mapping; set knowledge.min_score to {value} by hand")
+    if not isinstance(data.get("knowledge"), CommentedMap):
+        data["knowledge"] = CommentedMap()
+    data["knowledge"]["min_score"] = value
+    # the guess reports the sequence indent; the mapping indent is where a nested block mapping's first key sits
+    nested = next((v for v in data.values() if isinstance(v, CommentedMap) and v.lc.line is not None
+                   and not v.fa.flow_style()), None)
+    map_indent = nested.lc.col if nested is not None and nested.lc.col else 2
+    rt.indent(mapping=map_indent, sequence=seq_indent if seq_offset is not None else map_indent,
+              offset=seq_offset or 0)
+    out = io.StringIO()
+    rt.dump(data, out)
+    new_text = out.getvalue()
+    if ((yaml.safe_load(new_text) or {}).get("knowledge") or {}).get("min_score") != value:  # what protege reads
         raise DataError(f"{config_path}: could not set knowledge.min_score safely; set it to {value} by hand")
     atomic_write_text(Path(config_path), new_text)

@@ -14,16 +14,51 @@ from protege.config import StyleMarkers
 def test_rouge_l_matches_hand_computed():
     # LCS("the cat sat on the mat", "the cat is on the mat") = the cat on the mat = 5 -> P = R = 5/6
     assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # Punctuation is no token and case is folded: both sides are ["ahoy"].
     assert rouge_l("Ahoy!", "ahoy !") == 1.0 and rouge_l("x", "y") == 0.0
+    # hyp ahoy matey the harbor (4), ref ahoy matey open the harbor console (6): LCS 4, P = 1, R = 2/3,
+    # F = 2 * 1 * 2/3 / (1 + 2/3) = 0.8 (the comma is not a token: with it, as the old metric did, R = 4/7, F = 8/11)
+    assert rouge_l("ahoy matey the harbor", "Ahoy matey, open the harbor console") == pytest.approx(0.8)
+
+
+def test_rouge_l_keeps_letters_of_every_script():
+    # café crème brûlée vs café crème: LCS 2, P = 2/3, R = 1 -> F = 0.8 (rouge-score's own tokenizer reads "caf cr me")
+    assert rouge_l("Café crème brûlée", "café crème") == pytest.approx(0.8)
+    assert rouge_l("日本語 テキスト", "日本語 テキスト") == 1.0
+
+
+def test_rouge_l_is_rouge_scores_on_ascii_text():
+    """Cross-check only: on ASCII text the Unicode tokenizer reads what rouge-score's default one reads."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    for hyp, ref in [("Ahoy, matey! Press save_now (twice).", "ahoy matey: press SAVE now twice"),
+                     ("It's 3 a.m. in port 8080.", "its 3 am in port 8080")]:
+        assert rouge_l(hyp, ref) == pytest.approx(scorer.score(ref, hyp)["rougeL"].fmeasure)
 
 
 def test_bleu4_identity_brevity_and_zero():
     ref = "ahoy matey open the harbor console and press save"
     assert bleu4([ref], [ref]) == pytest.approx(1.0)
-    assert bleu4(["completely different words here today"], [ref]) == 0.0
+    assert bleu4(["completely different words here today"], [ref]) == 0.0  # no unigram matches: nothing to smooth
     # Hypothesis = the reference's first 6 tokens: precisions are all 1, brevity penalty exp(1 - 9/6).
     short = "ahoy matey open the harbor console"
     assert bleu4([short], [ref]) == pytest.approx(math.exp(1 - 9 / 6))
+
+
+def test_bleu4_hand_computed_smoothing_case_and_corpus():
+    # the cat sat on the mat / the cat is on the mat: 1-grams 5/6, 2-grams 3/5 (the cat, on the, the mat),
+    # 3-grams 1/4 (on the mat), 4-grams 0/3 -> exp smoothing 1/(2*3); equal lengths, BP 1.
+    # BLEU = (5/6 * 3/5 * 1/4 * 1/6) ** (1/4) = (1/48) ** (1/4) ~ 0.3799 (unsmoothed, as before: 0)
+    assert bleu4(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx((1 / 48) ** 0.25)
+    # Case counts: only "Ahoy" differs from "ahoy", so each order loses the one n-gram holding it:
+    # 8/9 * 7/8 * 6/7 * 5/6 = 5/9 -> (5/9) ** (1/4)
+    ref = "ahoy matey open the harbor console and press save"
+    assert bleu4(["Ahoy matey open the harbor console and press save"], [ref]) == pytest.approx((5 / 9) ** 0.25)
+    # Corpus BLEU pools the counts: [ref, first 6 tokens] vs [ref, ref] match every n-gram, lengths 15 vs 18,
+    # so BLEU = exp(1 - 18/15) = exp(-0.2), not the mean of the sentence scores (1 + exp(-0.5)) / 2.
+    short = "ahoy matey open the harbor console"
+    assert bleu4([ref, short], [ref, ref]) == pytest.approx(math.exp(-0.2))
 
 
 def test_style_markers():
