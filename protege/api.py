@@ -199,7 +199,7 @@ class Assistant:
             gen["stop"] = [gen["stop"]]
         params = GenParams(model=self.model_id, messages=[dict(m) for m in messages], **gen)
         rag = self.config.serve.rag if rag is None else rag
-        s = ReplyStream(self, lambda out: self._generate(params, list(gen), rag, out))
+        s = ReplyStream(self, lambda out: self._generate(params, rag, out))
         if stream:
             return s
         for _ in s:
@@ -311,14 +311,13 @@ class Assistant:
             self._service = Service(manager, knowledge_factory=lambda spec: self.knowledge, allow_rag_off=True)
         return self._service
 
-    async def _generate(self, params: "GenParams", used: list[str], rag: bool,
-                        out: ReplyStream) -> AsyncIterator[str]:
+    async def _generate(self, params: "GenParams", rag: bool, out: ReplyStream) -> AsyncIterator[str]:
         """The pieces of one answer through Service.prepare/stream; the finished Reply goes to `out`."""
         from serve.engines.base import EngineError, Usage
 
         svc, usage, parts, finish = self._svc(), Usage(), [], None
         try:
-            prep = await svc.prepare(params, used, rag=rag)
+            prep = await svc.prepare(params, rag=rag)
             if prep.refusal is not None:
                 parts.append(prep.refusal)
                 yield prep.refusal

@@ -1,5 +1,9 @@
 """Wire types of the OpenAI and Ollama APIs (pure pydantic: no torch, no engine imports).
 
+Each generation request translates itself into the engine-neutral `GenParams` (`to_gen_params()`, like vLLM's
+`to_sampling_params()`): defaults, field mapping, and the request-level features no GenParams field carries
+(images, tools, ...) all live here, so routers stay thin and what an engine is asked is derived, never listed.
+
 Ordered like OpenAI's API reference: chat completions (request, response, chunk), completions, models, embeddings,
 errors; then Ollama's request/response types. Requests accept unknown fields (clients send vendor extras) but every
 field we *do* know is validated and, where an engine cannot honour it, rejected by the router instead of ignored.
@@ -15,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve.params import GenParams, flags
 from serve.wire import Bool, Float, Int, Request, check_inputs, check_stops
 
 
@@ -113,6 +118,21 @@ class ChatCompletionRequest(Request):
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def to_gen_params(self) -> GenParams:
+        """OpenAI's defaults (temperature 1, top_p 1); `developer` is a system turn; non-text parts only flag
+        `images` (the text-only engines refuse them)."""
+        fmt = self.response_format
+        schema = fmt.json_schema.schema_ if fmt and fmt.type == "json_schema" and fmt.json_schema else None
+        return GenParams(
+            model=self.model, messages=[{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                                        for m in self.messages],
+            max_tokens=self.limit(), temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=self.top_p or 1.0, seed=self.seed, stop=self.stop or [], n=self.n, logprobs=bool(self.logprobs),
+            top_logprobs=self.top_logprobs or 0, json_schema=schema,
+            json_object=bool(fmt and fmt.type == "json_object"), presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
+            features=flags(temperature=self.temperature is not None, logit_bias=self.logit_bias, tools=self.tools,
+                           images=any(m.has_non_text() for m in self.messages)))
 
 
 class TopLogprob(_Out):
@@ -218,6 +238,17 @@ class CompletionRequest(Request):
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:
         return _norm_stop(v)
+
+    def to_gen_params(self) -> GenParams:
+        """A raw prompt (the first: the router refuses more than one). `suffix`, `echo` and `logprobs` are only
+        flagged (no GenParams field), so an engine without the capability answers 400 instead of ignoring them."""
+        return GenParams(
+            model=self.model, prompt=self.prompt if isinstance(self.prompt, str) else self.prompt[0],
+            max_tokens=self.max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=self.top_p or 1.0, seed=self.seed, stop=self.stop or [], n=self.n,
+            presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
+            features=flags(temperature=self.temperature is not None, suffix=self.suffix, echo=self.echo,
+                           logprobs=self.logprobs))
 
 
 class CompletionChoice(_Out):

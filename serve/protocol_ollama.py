@@ -1,6 +1,7 @@
 """Ollama API wire types (pure pydantic), re-exported by serve.protocol.
 
-Timings are nanoseconds like Ollama's; the final line of a stream carries them plus Protégé's RAG extras.
+Timings are nanoseconds like Ollama's; the final line of a stream carries them plus Protégé's RAG extras. The
+/api/chat and /api/generate requests translate themselves into `GenParams` (`to_gen_params()`), like OpenAI's.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serve.params import GenParams, flags
 from serve.wire import Bool, Float, Int, Request, check_inputs, check_stops
 
 __all__ = [
@@ -62,6 +64,16 @@ class OllamaOptions(_Lenient):
     def _no_empty_stop(cls, v: list[str] | None) -> list[str] | None:
         return check_stops(v)
 
+    def to_gen_params(self, model: str, fmt: str | dict[str, Any] | None) -> GenParams:
+        """Ollama's defaults (temperature 0.8, repeat_penalty 1: off; num_predict <= 0: no limit); `fmt` is the
+        request's `format`: "json" or a JSON schema."""
+        limit = self.num_predict if self.num_predict and self.num_predict > 0 else None
+        return GenParams(model=model, max_tokens=limit,
+                         temperature=0.8 if self.temperature is None else self.temperature, top_p=self.top_p or 1.0,
+                         top_k=self.top_k or 0, seed=self.seed, stop=self.stop or [], json_object=fmt == "json",
+                         json_schema=fmt if isinstance(fmt, dict) else None, repeat_penalty=self.repeat_penalty or 1.0,
+                         features=flags(temperature=self.temperature is not None))
+
 
 class OllamaMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool"]
@@ -69,7 +81,28 @@ class OllamaMessage(_Lenient):
     images: list[str] | None = None
 
 
-class OllamaChatRequest(Request):
+class _Generation(Request):
+    """What /api/chat and /api/generate share (each declares its own fields, in Ollama's order)."""
+
+    @field_validator("format", check_fields=False)
+    @classmethod
+    def _format(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(v, str) and v not in ("", "json"):
+            raise ValueError(f"must be 'json' or a JSON schema object, got {v!r}")
+        return v
+
+    def options_or_default(self) -> OllamaOptions:
+        return getattr(self, "options", None) or OllamaOptions()
+
+    def rag_choice(self) -> bool | None:
+        """`options.rag` (Protégé's extra): False turns retrieval off, None leaves it to the assistant."""
+        return self.options_or_default().rag
+
+    def ctx_limit(self) -> int | None:
+        return self.options_or_default().num_ctx
+
+
+class OllamaChatRequest(_Generation):
     model: str = Field(min_length=1)
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: Bool = True
@@ -78,8 +111,15 @@ class OllamaChatRequest(Request):
     keep_alive: str | int | None = None
     think: bool | str | None = None
 
+    def to_gen_params(self) -> GenParams:
+        """`images` and `think` are only flagged: the engines here are text-only and do not reason aloud."""
+        p = self.options_or_default().to_gen_params(self.model, self.format)
+        p.messages = [{"role": m.role, "content": m.content} for m in self.messages]
+        p.features |= flags(images=any(m.images for m in self.messages), think=self.think)
+        return p
 
-class OllamaGenerateRequest(Request):
+
+class OllamaGenerateRequest(_Generation):
     model: str = Field(min_length=1)
     prompt: str = ""
     suffix: str | None = None
@@ -91,6 +131,22 @@ class OllamaGenerateRequest(Request):
     options: OllamaOptions | None = None
     images: list[str] | None = None
     keep_alive: str | int | None = None
+
+    def to_gen_params(self) -> GenParams:
+        """`raw`: the prompt as is (no template, no persona); else a user turn under `system`. `images`, `suffix` and
+        the old token `context` (an extra field: not kept server-side) are only flagged, so they are refused."""
+        p = self.options_or_default().to_gen_params(self.model, self.format)
+        if self.raw:
+            p.prompt = self.prompt
+        else:
+            p.messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+                {"role": "user", "content": self.prompt}]
+        p.features |= flags(images=self.images, suffix=self.suffix, context=getattr(self, "context", None))
+        return p
+
+    def rag_choice(self) -> bool | None:
+        """A raw prompt has no retrieval (Service.check_rag_policy decides whether that is allowed)."""
+        return False if self.raw else super().rag_choice()
 
 
 class OllamaFinal(_Out):

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 from serve.engines.base import (ContextLengthExceeded, Engine, EngineError, GenDelta, GenParams, GenResult,
                                 UnsupportedParameter, Usage, collect)
 from serve.models import EngineFactory, ModelManager, engine_key
+from serve.params import ordered
 from serve.registry import ModelSpec
 
 log = logging.getLogger("protege.serve")
@@ -115,9 +116,10 @@ class Service:
         raise RagRequired(f"The model '{spec.id}' answers from its documents only: {how} is not allowed on this "
                           "server (serve.allow_rag_off is false).", "prompt" if raw_prompt else "rag")
 
-    async def prepare(self, params: GenParams, used: list[str], rag: bool | None = True,
-                      ctx_limit: int | None = None, keep_alive: Any = None) -> Prepared:
-        """Admission first (a full queue is a 429 before any retrieval or model load), then the engine, then RAG."""
+    async def prepare(self, params: GenParams, rag: bool | None = True, ctx_limit: int | None = None,
+                      keep_alive: Any = None) -> Prepared:
+        """Admission first (a full queue is a 429 before any retrieval or model load), then the engine, then RAG.
+        What the request asks of the engine comes from `params.requested()`: a capability it lacks is a 400."""
         spec = self.manager.spec(params.model)  # 404/403 need no slot
         self.check_rag_policy(spec, rag, params.prompt is not None)
         prep = Prepared(spec, None, params)
@@ -125,7 +127,7 @@ class Service:
             self.admission.enter()
             prep.admission = self.admission
         try:
-            await self._prepare(prep, used, rag, ctx_limit, keep_alive)
+            await self._prepare(prep, rag, ctx_limit, keep_alive)
         except BaseException:
             prep.release()
             raise
@@ -133,8 +135,7 @@ class Service:
             prep.release()  # a refusal never reaches the engine: no slot to hold
         return prep
 
-    async def _prepare(self, prep: Prepared, used: list[str], rag: bool | None, ctx_limit: int | None,
-                       keep_alive: Any) -> None:
+    async def _prepare(self, prep: Prepared, rag: bool | None, ctx_limit: int | None, keep_alive: Any) -> None:
         """Retrieval and the gate first: a refused question is answered without loading the model. Then the engine,
         the grounded prompt and the token count."""
         params, spec = prep.params, prep.spec
@@ -154,10 +155,10 @@ class Service:
                 return
         spec, engine, prep.lease = await self.manager.acquire(params.model, keep_alive)
         prep.engine = engine
-        for p in used:
-            if not engine.supports(p):
-                raise UnsupportedParameter(f"Parameter '{p}' is not supported by the {engine.name} engine serving "
-                                           f"'{spec.id}'.", p)
+        missing = ordered(params.requested() - engine.capabilities)
+        if missing:
+            raise UnsupportedParameter(f"Parameter '{missing[0]}' is not supported by the {engine.name} engine "
+                                       f"serving '{spec.id}'.", missing[0])
         if kb is not None and retrieval is not None:
             # the guard's evidence embeds the sources' sentences: do it here, in a thread, not on the event loop
             session = await asyncio.to_thread(kb.guard_session, params.messages, retrieval)
@@ -242,7 +243,7 @@ def rag_sampling_defaults(params: GenParams, engine: Engine) -> None:
 
     params.stop = list(dict.fromkeys([*params.stop, *(s.strip("\n") for s in SCAFFOLD[:3])]))
     if (params.repeat_penalty == 1.0 and not params.presence_penalty and not params.frequency_penalty
-            and engine.supports("repeat_penalty")):
+            and "repeat_penalty" in engine.capabilities):
         params.repeat_penalty = RAG_REPEAT_PENALTY
 
 

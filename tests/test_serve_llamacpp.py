@@ -169,3 +169,30 @@ def test_protege_run_in_process_on_cpu(tmp_path):
                        input='"""\nSay\nhello.\n"""\n/clear\n/bye\n', cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "Cleared session context" in r.stdout, r.stderr[-2000:]
+
+
+def test_the_real_engine_tokenizes_a_request_once():
+    """Service.prepare's context check and the generation share one tokenization (BaseEngine.prompt_ids), and the
+    shared ids are exactly what a fresh tokenization of the same prompt gives."""
+    from builder.base_model import embedded_gguf
+    from serve.engines.base import GenParams, Usage
+    from serve.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(embedded_gguf(), parallel=1, n_ctx=512)
+    asyncio.run(engine.load())
+    calls, tokenize = [], engine.prompt_tokens
+    engine.prompt_tokens = lambda p: calls.append(1) or tokenize(p)  # type: ignore[method-assign]
+    try:
+        params = GenParams("m", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}],
+                           max_tokens=4, temperature=0)
+        n = engine.count_tokens(params)
+        usage = Usage()
+
+        async def run() -> str:
+            return "".join([d.text async for d in engine.stream_chat(params, usage)])
+
+        assert asyncio.run(run()) and usage.completion_tokens > 0
+        assert len(calls) == 1 and usage.prompt_tokens == n
+        assert params.prompt_cache[1] == tokenize(params)
+    finally:
+        asyncio.run(engine.close())

@@ -207,6 +207,49 @@ def test_unsupported_parameters_are_400(env):
         assert c.get("/health").status_code == 200
 
 
+def test_the_400_names_the_capability_the_engine_lacks(env):
+    """What a request asks is derived from it (GenParams.requested): each route names the first parameter the
+    engine's capabilities lack, in a fixed order, and never calls the engine."""
+    env.engine_kwargs = {"unsupported": {"seed", "top_k", "n", "logprobs", "repeat_penalty", "frequency_penalty"}}
+    chat, comp, ochat, ogen = "/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"
+    cases = [
+        (chat, {"messages": USER, "seed": 0}, "seed"),
+        (chat, {"messages": USER, "logprobs": True, "n": 2}, "n"),
+        (chat, {"messages": USER, "tools": [{"type": "function"}], "n": 2}, "tools"),
+        (comp, {"prompt": "a b", "frequency_penalty": 0.5}, "frequency_penalty"),
+        (comp, {"prompt": "a b", "logprobs": 1}, "logprobs"),
+        (comp, {"prompt": "a b", "suffix": "z", "n": 2}, "suffix"),
+        (ochat, {"messages": USER, "options": {"top_k": 40}, "stream": False}, "top_k"),
+        (ochat, {"messages": USER, "options": {"repeat_penalty": 1.2}}, "repeat_penalty"),
+        (ogen, {"prompt": "x", "options": {"seed": 1}, "think": True}, "seed"),
+        (ogen, {"prompt": "x", "images": ["aGk="]}, "images"),
+    ]
+    with TestClient(env.app()) as c:
+        for path, body, param in cases:
+            r = c.post(path, json={"model": "minimal", **body})
+            assert_error(r, 400, "unsupported_parameter")
+            assert r.json()["error"]["param"] == param, (path, body, r.text)
+            assert f"'{param}'" in r.json()["error"]["message"] and "fake engine" in r.json()["error"]["message"]
+        # the neutral values ask nothing: Ollama's repeat_penalty 1 (off), top_k 0, one choice
+        ok = c.post(ochat, json={"model": "minimal", "messages": USER, "stream": False,
+                                 "options": {"repeat_penalty": 1.0, "top_k": 0}})
+        assert ok.status_code == 200 and c.post(chat, json={"model": "minimal", "messages": USER, "n": 1,
+                                                            "logprobs": False}).status_code == 200
+        assert env.calls == 2
+
+
+def test_a_request_tokenizes_its_prompt_once(env):
+    """The context check's token ids are the ones the generation uses (BaseEngine.prompt_ids), RAG or not."""
+    tokenized = lambda: sum(e.tokenized for e in env.engines.values())  # noqa: E731
+    with TestClient(env.app()) as c:
+        for i, model in enumerate(("minimal", "kbot"), 1):
+            r = c.post("/v1/chat/completions", json={"model": model, "messages": USER})
+            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 0
+            assert tokenized() == env.calls == i
+        r = c.post("/api/generate", json={"model": "minimal", "prompt": "a b", "raw": True, "stream": False})
+        assert r.json()["prompt_eval_count"] == 2 and tokenized() == env.calls == 3
+
+
 def test_malformed_requests_are_400_in_openai_shape(client):
     bad = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert_error(bad, 400, "invalid_request_error")

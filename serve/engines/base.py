@@ -1,41 +1,21 @@
-"""The one interface every engine (llama.cpp, vLLM, fake) implements, and the engine-neutral request/result types.
+"""The base every engine (llama.cpp, vLLM, fake) derives from, and the engine-neutral result types.
 
-Routers translate OpenAI/Ollama wire types into `GenParams`, check them against `supports()` and `context_length`
-(`Service.prepare`, serve/service.py) and only then call the engine, so an engine never sees a parameter it would
-silently ignore.
+Wire types build `GenParams` (serve/params.py, re-exported here); `Service.prepare` (serve/service.py) checks what it
+asks (`requested()`) against the engine's `capabilities` and `context_length`, and only then calls the engine, so an
+engine never sees a parameter it would silently ignore.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol, runtime_checkable
+from typing import AsyncIterator
 
-# Parameter names routers may ask `supports()` about.
-PARAMS = ("temperature", "top_p", "top_k", "seed", "stop", "max_tokens", "n", "logprobs", "json_object",
-          "json_schema", "presence_penalty", "frequency_penalty", "repeat_penalty", "logit_bias", "tools", "images")
+from serve.params import GenParams
 
-
-@dataclass
-class GenParams:
-    """One generation request, after the router has applied persona, RAG context and defaults."""
-
-    model: str
-    messages: list[dict[str, str]] = field(default_factory=list)
-    prompt: str | None = None          # raw text completion (no chat template) when set
-    max_tokens: int | None = None      # None: until end of turn or the context is full
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    n: int = 1
-    logprobs: bool = False
-    top_logprobs: int = 0
-    json_schema: dict[str, Any] | None = None
-    json_object: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repeat_penalty: float = 1.0
+__all__ = ["BaseEngine", "ContextLengthExceeded", "Engine", "EngineError", "EngineUnavailable", "GenDelta",
+           "GenParams", "GenResult", "ModelNotFound", "QueueFull", "TokenLogprob", "UnsupportedParameter", "Usage",
+           "collect"]
 
 
 @dataclass
@@ -113,29 +93,57 @@ class EngineUnavailable(EngineError):
     type = "server_error"
 
 
-@runtime_checkable
-class Engine(Protocol):
-    """What the server needs from a model runtime. One instance may serve several model ids (quant tags, LoRAs)."""
+class BaseEngine(ABC):
+    """What the server needs from a model runtime, and what every engine shares. One instance may serve several
+    model ids (quant tags, LoRAs). An engine states what it can honour in `capabilities` (names from
+    serve.params.CAPABILITIES); Service.prepare rejects a request asking for more with a 400 before the engine runs."""
 
-    name: str
-    model_ids: list[str]
-    context_length: int
-    loaded: bool
+    name: str = "engine"
+    capabilities: frozenset[str] = frozenset()
 
+    def __init__(self, model_ids: list[str] | None = None, context_length: int = 2048):
+        self.model_ids = list(model_ids or [])
+        self.context_length = context_length
+        self.loaded = False
+
+    @abstractmethod
     async def load(self) -> None:
         """Load weights (may take seconds); /health answers 503 until the preloaded engine is loaded."""
 
-    async def chat(self, params: GenParams) -> GenResult: ...
+    @abstractmethod
+    async def close(self) -> None: ...
 
+    @abstractmethod
     def stream_chat(self, params: GenParams, usage: Usage | None = None) -> AsyncIterator[GenDelta]:
         """Deltas of every choice; closing the iterator early (client gone) stops the generation."""
 
+    @abstractmethod
+    def prompt_tokens(self, params: GenParams) -> list[int]:
+        """The prompt's token ids after the chat template, computed afresh (callers want `prompt_ids`)."""
+
+    def supports(self, param: str) -> bool:
+        return param in self.capabilities
+
+    def prompt_ids(self, params: GenParams) -> list[int]:
+        """The prompt's token ids, tokenized once per request: the context check (`count_tokens`) stores them on
+        `params` and the generation reuses them, unless the prompt or the messages changed in between."""
+        key = (id(self), params.prompt, [dict(m) for m in params.messages])
+        if params.prompt_cache is not None and params.prompt_cache[0] == key:
+            return params.prompt_cache[1]
+        ids = self.prompt_tokens(params)
+        params.prompt_cache = (key, ids)
+        return ids
+
     def count_tokens(self, params: GenParams) -> int:
         """Prompt tokens after the chat template, for the context-length check."""
+        return len(self.prompt_ids(params))
 
-    def supports(self, param: str) -> bool: ...
+    async def chat(self, params: GenParams) -> GenResult:
+        usage = Usage()
+        return await collect(self.stream_chat(params, usage), params.n, usage)
 
-    async def close(self) -> None: ...
+
+Engine = BaseEngine  # the name the server's type hints use
 
 
 async def collect(stream: AsyncIterator[GenDelta], n: int, usage: Usage) -> GenResult:

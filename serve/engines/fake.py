@@ -10,21 +10,23 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from serve.engines.base import GenDelta, GenParams, GenResult, TokenLogprob, Usage, collect
+from serve.engines.base import BaseEngine, GenDelta, GenParams, TokenLogprob, Usage
+from serve.params import CAPABILITIES
 
 
-class FakeEngine:
+class FakeEngine(BaseEngine):
     name = "fake"
+    # text-only and stateless, like our real engines; everything else it honours (or echoes)
+    capabilities = frozenset(CAPABILITIES) - {"images", "tools", "think", "context", "suffix", "echo"}
 
     def __init__(self, model_ids: list[str] | None = None, context_length: int = 256,
                  unsupported: set[str] | None = None, delay: float = 0.0, load_delay: float = 0.0):
-        self.model_ids = list(model_ids or [])
-        self.context_length = context_length
-        # text-only and stateless, like our real engines
-        self.unsupported = {"images", "tools", "think", "context", "suffix", "echo"} | set(unsupported or ())
+        """`unsupported`: capabilities this instance lacks too (route tests of the 400)."""
+        super().__init__(model_ids, context_length)
+        self.capabilities = type(self).capabilities - set(unsupported or ())
         self.delay = delay
         self.load_delay = load_delay
-        self.loaded = False
+        self.tokenized = 0  # prompt tokenizations: tests check a request tokenizes its prompt once
         self.calls = 0
         self.last_params = None  # what the last call was sent (tests check the grounded prompt)
         self.cancelled = 0
@@ -38,13 +40,12 @@ class FakeEngine:
     async def close(self) -> None:
         self.loaded = False
 
-    def supports(self, param: str) -> bool:
-        return param not in self.unsupported
-
-    def count_tokens(self, params: GenParams) -> int:
+    def prompt_tokens(self, params: GenParams) -> list[int]:
+        """One id per whitespace word, plus 3 per message for the template."""
+        self.tokenized += 1
         if params.prompt is not None:
-            return len(params.prompt.split())
-        return sum(len(m.get("content", "").split()) + 3 for m in params.messages)
+            return [1] * len(params.prompt.split())
+        return [1] * sum(len(m.get("content", "").split()) + 3 for m in params.messages)
 
     def answer(self, params: GenParams) -> list[str]:
         if params.prompt is not None:
@@ -97,10 +98,6 @@ class FakeEngine:
             usage.eval_ns = time.perf_counter_ns() - t0
             if not finished:
                 self.cancelled += 1
-
-    async def chat(self, params: GenParams) -> GenResult:
-        usage = Usage()
-        return await collect(self.stream_chat(params, usage), params.n, usage)
 
 
 def _stop_cut(text: str, stops: list[str]) -> str | None:

@@ -31,15 +31,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from protege.errors import require
-from serve.engines.base import EngineError, GenDelta, GenParams, GenResult, TokenLogprob, Usage, collect
+from serve.engines.base import BaseEngine, EngineError, GenDelta, GenParams, TokenLogprob, Usage
 
 log = logging.getLogger("protege.serve")
 
 # Private-use code points stand in for message contents while the template renders (see prompt_tokens).
 _SENTINEL = ("\ue000", "\ue001")
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
-SUPPORTED = {"temperature", "top_p", "top_k", "seed", "stop", "max_tokens", "logprobs", "json_object", "json_schema",
-             "presence_penalty", "frequency_penalty", "repeat_penalty"}
 
 
 @dataclass
@@ -64,23 +62,24 @@ class _Seq:
     t_first: int | None = None
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(BaseEngine):
     """One GGUF, `parallel` decoding slots; `model_ids` lists the ids (quant tags, personas) it serves."""
 
     name = "llamacpp"
+    # one choice per request (n > 1 would need n sequences), text only
+    capabilities = frozenset({"temperature", "top_p", "top_k", "seed", "stop", "logprobs", "json_object",
+                              "json_schema", "presence_penalty", "frequency_penalty", "repeat_penalty"})
 
     def __init__(self, gguf: str | Path, model_ids: list[str] | None = None, n_ctx: int = 2048, parallel: int = 4,
                  n_threads: int | None = None, n_batch: int = 512, kv_unified: bool = False, flash_attn: int = 1):
+        super().__init__(model_ids, n_ctx)
         self.gguf = Path(gguf)
-        self.model_ids = list(model_ids or [])
         self.requested_ctx = n_ctx
-        self.context_length = n_ctx
         self.parallel = parallel
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.n_batch = n_batch
         self.kv_unified = kv_unified
         self.flash_attn = flash_attn  # -1 auto, 0 off, 1 on (llama_flash_attn_type)
-        self.loaded = False
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._active: list[_Seq] = []
         self._cv = threading.Condition()
@@ -150,9 +149,6 @@ class LlamaCppEngine:
             self.loaded = False
 
     # ---------------------------------------------------------------------------------------------- interface
-    def supports(self, param: str) -> bool:
-        return param in SUPPORTED
-
     def prompt_tokens(self, params: GenParams) -> list[int]:
         """The prompt's token ids. Only the chat template's own scaffold may produce special tokens: every message's
         content (user text, retrieved documents) is tokenized as plain text, so a document that contains
@@ -175,18 +171,11 @@ class LlamaCppEngine:
                 ids += self.model.tokenize(part.encode(), add_bos=False, special=True)
         return ids
 
-    def count_tokens(self, params: GenParams) -> int:
-        return len(self.prompt_tokens(params))
-
-    async def chat(self, params: GenParams) -> GenResult:
-        usage = Usage()
-        return await collect(self.stream_chat(params, usage), params.n, usage)
-
     async def stream_chat(self, params: GenParams, usage: Usage | None = None) -> AsyncIterator[GenDelta]:
         if params.n != 1:
             raise EngineError("n > 1 is not supported by the llama.cpp engine", "n")
         usage = usage if usage is not None else Usage()
-        tokens = self.prompt_tokens(params)
+        tokens = self.prompt_ids(params)  # already tokenized by the context check (Service.prepare)
         usage.prompt_tokens = len(tokens)
         room = self.context_length - len(tokens)
         if room <= 0:

@@ -18,12 +18,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from protege.errors import require
-from serve.engines.base import EngineError, GenDelta, GenParams, GenResult, TokenLogprob, Usage, collect
+from serve.engines.base import BaseEngine, EngineError, GenDelta, GenParams, TokenLogprob, Usage
 
 log = logging.getLogger("protege.serve")
-
-SUPPORTED = {"temperature", "top_p", "top_k", "seed", "stop", "max_tokens", "n", "logprobs", "json_object",
-             "json_schema", "presence_penalty", "frequency_penalty", "repeat_penalty"}
 
 _lora_ids = itertools.count(1)
 
@@ -84,23 +81,24 @@ def _lp(entry: dict, tok: int) -> TokenLogprob:
                         [(t.decoded_token or "", float(t.logprob)) for t in top])
 
 
-class VllmEngine:
+class VllmEngine(BaseEngine):
     name = "vllm"
+    # every knob `sampling_params` maps; text only
+    capabilities = frozenset({"temperature", "top_p", "top_k", "seed", "stop", "n", "logprobs", "json_object",
+                              "json_schema", "presence_penalty", "frequency_penalty", "repeat_penalty"})
 
     def __init__(self, model: str | Path, model_ids: list[str] | None = None, adapters: dict[str, Path] | None = None,
                  max_model_len: int = 2048, max_num_seqs: int = 32, gpu_memory_utilization: float = 0.85,
                  enforce_eager: bool = False, max_lora_rank: int = 64, dtype: str = "auto", **engine_kwargs: Any):
+        super().__init__(model_ids, max_model_len)
         self.model = str(model)
-        self.model_ids = list(model_ids or [])
         self.adapters: dict[str, Path] = dict(adapters or {})
         self._lora_int: dict[str, int] = {}
-        self.context_length = max_model_len
         self.engine_args = dict(model=self.model, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                                 dtype=dtype, enable_lora=bool(self.adapters), **engine_kwargs)
         if self.adapters:
             self.engine_args["max_lora_rank"] = max_lora_rank
-        self.loaded = False
         self.engine: Any = None
 
     @classmethod
@@ -136,16 +134,13 @@ class VllmEngine:
             self.engine.shutdown()
         self.loaded = False
 
-    def supports(self, param: str) -> bool:
-        return param in SUPPORTED
-
     def _prompt(self, p: GenParams) -> str:
         if p.prompt is not None:
             return p.prompt
         return self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
 
-    def count_tokens(self, p: GenParams) -> int:
-        return len(self.tokenizer(self._prompt(p), add_special_tokens=False)["input_ids"])
+    def prompt_tokens(self, p: GenParams) -> list[int]:
+        return self.tokenizer(self._prompt(p), add_special_tokens=False)["input_ids"]
 
     def lora_request(self, model_id: str) -> Any:
         """The LoRARequest for `model_id`, or None when it is served by the plain (merged/base) weights."""
@@ -158,7 +153,7 @@ class VllmEngine:
 
     async def stream_chat(self, p: GenParams, usage: Usage | None = None) -> AsyncIterator[GenDelta]:
         usage = usage if usage is not None else Usage()
-        prompt_ids = self.tokenizer(self._prompt(p), add_special_tokens=False)["input_ids"]
+        prompt_ids = self.prompt_ids(p)  # already tokenized by the context check (Service.prepare)
         usage.prompt_tokens = len(prompt_ids)
         room = self.context_length - len(prompt_ids)
         sp = sampling_params(self.vllm, p, room)
@@ -182,10 +177,6 @@ class VllmEngine:
             usage.eval_ns = int((loop.time() - (first or t0)) * 1e9)
             if not finished:  # client gone: free the sequence on the GPU now
                 await _maybe_await(self.engine.abort(rid))
-
-    async def chat(self, p: GenParams) -> GenResult:
-        usage = Usage()
-        return await collect(self.stream_chat(p, usage), p.n, usage)
 
 
 def _submodule(vllm: Any, name: str) -> Any:

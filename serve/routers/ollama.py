@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 
 from protege.hashing import cached_file_sha256
 from serve import protocol as P
-from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage
+from serve.engines.base import EngineError, UnsupportedParameter, Usage
 from serve.gguf_meta import GGUFMeta, read_meta
 from serve.ops import error_body
 from serve.routers.openai import embed_texts, get_embedder
@@ -142,29 +142,6 @@ async def show(req: P.OllamaShowRequest, request: Request) -> Any:
                                 model_info={**info, "protege.knowledge": spec.has_knowledge}).model_dump()
 
 
-def _params(model: str, options: P.OllamaOptions | None, fmt: Any) -> tuple[GenParams, list[str], bool | None]:
-    o = options or P.OllamaOptions()
-    used = [n for n in ("top_p", "seed", "stop") if getattr(o, n)]
-    if o.top_k:
-        used.append("top_k")
-    if o.repeat_penalty not in (None, 1.0):
-        used.append("repeat_penalty")
-    json_object, json_schema = False, None
-    if fmt == "json":
-        json_object = True
-        used.append("json_object")
-    elif isinstance(fmt, dict):
-        json_schema = fmt
-        used.append("json_schema")
-    elif fmt not in (None, ""):
-        raise EngineError(f"format must be 'json' or a JSON schema object, got {fmt!r}", "format")
-    max_tokens = o.num_predict if o.num_predict and o.num_predict > 0 else None
-    p = GenParams(model=model, max_tokens=max_tokens, temperature=0.8 if o.temperature is None else o.temperature,
-                  top_p=o.top_p or 1.0, top_k=o.top_k or 0, seed=o.seed, stop=o.stop or [], json_object=json_object,
-                  json_schema=json_schema, repeat_penalty=o.repeat_penalty or 1.0)
-    return p, used, o.rag
-
-
 def _timings(usage: Usage, t0: int, reason: str) -> dict:
     return {"done_reason": reason, "total_duration": time.perf_counter_ns() - t0, "load_duration": 0,
             "prompt_eval_count": usage.prompt_tokens, "prompt_eval_duration": usage.prompt_ns,
@@ -174,16 +151,10 @@ def _timings(usage: Usage, t0: int, reason: str) -> dict:
 @router.post("/api/chat")
 async def chat(req: P.OllamaChatRequest, request: Request) -> Any:
     svc, t0 = _svc(request), time.perf_counter_ns()
-    params, used, rag = _params(req.model, req.options, req.format)
-    if any(m.images for m in req.messages):
-        used.append("images")
-    if req.think:
-        used.append("think")
-    params.messages = [{"role": m.role, "content": m.content} for m in req.messages]
-    if not params.messages:  # Ollama: an empty chat loads the model (or unloads it, with keep_alive 0)
+    if not req.messages:  # Ollama: an empty chat loads the model (or unloads it, with keep_alive 0)
         return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                 "done": True, "done_reason": await _load_call(svc, req.model, req.keep_alive)}
-    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None),
+    prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
                              keep_alive=req.keep_alive)
 
     def line(text: str, done: bool, extra: dict | None = None) -> dict:
@@ -196,23 +167,10 @@ async def chat(req: P.OllamaChatRequest, request: Request) -> Any:
 @router.post("/api/generate")
 async def generate(req: P.OllamaGenerateRequest, request: Request) -> Any:
     svc, t0 = _svc(request), time.perf_counter_ns()
-    params, used, rag = _params(req.model, req.options, req.format)
-    if req.images:
-        used.append("images")
-    if req.suffix:
-        used.append("suffix")
-    if getattr(req, "context", None):  # old-style token context: not kept server-side, say so instead of ignoring
-        used.append("context")
     if not req.prompt:  # Ollama: an empty prompt loads the model (or unloads it, with keep_alive 0)
         return {"model": req.model, "created_at": _now(), "response": "", "done": True,
                 "done_reason": await _load_call(svc, req.model, req.keep_alive)}
-    if req.raw:
-        params.prompt = req.prompt
-        rag = False
-    else:
-        params.messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-            {"role": "user", "content": req.prompt}]
-    prep = await svc.prepare(params, used, rag=rag, ctx_limit=(req.options.num_ctx if req.options else None),
+    prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
                              keep_alive=req.keep_alive)
 
     def line(text: str, done: bool, extra: dict | None = None) -> dict:

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from sse_starlette.sse import EventSourceResponse
 
 from serve import protocol as P
-from serve.engines.base import EngineError, GenParams, UnsupportedParameter, Usage
+from serve.engines.base import EngineError, UnsupportedParameter, Usage
 from serve.ops import error_body
 from serve.service import CLIENT_GONE, Prepared, Service, wait_disconnect
 
@@ -26,38 +26,6 @@ router = APIRouter()
 
 def _svc(request: Request) -> Service:
     return request.app.state.service
-
-
-def chat_params(req: P.ChatCompletionRequest) -> tuple[GenParams, list[str]]:
-    used: list[str] = []
-    for name in ("temperature", "top_p", "seed", "stop", "logit_bias", "tools"):
-        if getattr(req, name):
-            used.append(name)
-    if req.n > 1:
-        used.append("n")
-    if req.logprobs:
-        used.append("logprobs")
-    if req.presence_penalty:
-        used.append("presence_penalty")
-    if req.frequency_penalty:
-        used.append("frequency_penalty")
-    json_schema, json_object = None, False
-    if req.response_format and req.response_format.type == "json_object":
-        json_object = True
-        used.append("json_object")
-    elif req.response_format and req.response_format.type == "json_schema":
-        json_schema = req.response_format.json_schema.schema_  # type: ignore[union-attr]
-        used.append("json_schema")
-    if any(m.has_non_text() for m in req.messages):
-        used.append("images")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    params = GenParams(
-        model=req.model, messages=messages, max_tokens=req.limit(),
-        temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0, seed=req.seed,
-        stop=req.stop or [], n=req.n, logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0,
-        json_schema=json_schema, json_object=json_object, presence_penalty=req.presence_penalty or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0)
-    return params, used
 
 
 def _logprobs(lps) -> P.ChoiceLogprobs | None:
@@ -71,8 +39,7 @@ def _logprobs(lps) -> P.ChoiceLogprobs | None:
 @router.post("/v1/chat/completions")
 async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> Any:
     svc = _svc(request)
-    params, used = chat_params(req)
-    prep = await svc.prepare(params, used, rag=req.rag)
+    prep = await svc.prepare(req.to_gen_params(), rag=req.rag)
     if req.stream:
         return EventSourceResponse(_chat_events(svc, prep, req), ping=15, background=BackgroundTask(prep.release))
     if prep.refusal is not None:
@@ -144,17 +111,7 @@ async def completions(req: P.CompletionRequest, request: Request) -> Any:
     if len(prompts) != 1:
         raise UnsupportedParameter("Only one prompt per request is supported (send one request per prompt).",
                                    "prompt")
-    used = [n for n in ("temperature", "top_p", "seed", "stop", "suffix") if getattr(req, n)]
-    if req.n > 1:
-        used.append("n")
-    if req.logprobs:
-        used.append("logprobs")
-    if req.echo:
-        used.append("echo")
-    params = GenParams(model=req.model, prompt=prompts[0], max_tokens=req.max_tokens,
-                       temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0,
-                       seed=req.seed, stop=req.stop or [], n=req.n)
-    prep = await svc.prepare(params, used, rag=False)
+    prep = await svc.prepare(req.to_gen_params(), rag=False)
     if req.stream:
         return EventSourceResponse(_completion_events(svc, prep, req), ping=15,
                                    background=BackgroundTask(prep.release))
