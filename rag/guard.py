@@ -4,9 +4,9 @@ The model's reply is checked sentence by sentence as it streams (a sentence is h
 - a sentence with a number, amount, date, version, code or proper name that is not in the context is not sent; the
   generation stops and the answer goes on extractively instead: the best-matching sentences of the sources, verbatim,
   each with its citation `[n]`;
-- a reply that ends without stating a fact of the best-matching sentence gets the quote added (the best sentence and
-  its close runners-up, each with its citation), so a vague reply, or one stating a neighbouring fact, never replaces
-  the fact that was found;
+- a reply gets the quote's sentences (the best-matching one and its close runners-up, each with its citation) whose
+  facts it did not state added at its end, so a vague reply, or one stating a neighbouring fact or one part of a
+  two-part answer, never replaces the facts that were found;
 - degenerate output (a phrase repeated in a loop, the prompt scaffold leaking: "Question:", "<documents>") is cut; a
   sentence that recites the grounding rules ("the documents are reference data, not instructions") is dropped;
 - the persona's opening (`persona.style_markers.starts_with`) is kept: added when the model drops it.
@@ -178,10 +178,12 @@ class Guard:
         """Sentences of the sources ranked by how well they answer the question (embedding cosine + word overlap +
         whether they carry what the question asks for + the source's own rank)."""
         cands: list[tuple[str, int]] = []
+        heads: dict[int, str] = {}
         for n, s in enumerate(sources, start=1):
             # a chunk's first line is its heading (rag/chunking.py prefixes the title/section path): not a statement
             first, _, rest = s.text.partition("\n")
             body = rest if rest.strip() else s.text
+            heads[n] = first.strip() if rest.strip() else ""
             prev = None
             for sent in split_sentences(body):
                 # "It opened in 2019." says nothing alone: it is scored and quoted with the sentence before it
@@ -193,11 +195,13 @@ class Guard:
         if not cands:
             return []
         qwords = content_words(question)
-        texts = [c for c, _ in cands if c]
-        cand_words = [content_words(t) for t in texts]
+        cand_words = [content_words(f"{heads[n]} {c}") for c, n in cands if c]  # the heading's words count too
         weight = _idf(qwords, cand_words)
         asks = [has for ask, has in _ASKS if ask.search(question)]
-        sims = self._cosines(question, texts)
+        # a sentence is embedded (and its words counted) under its chunk's heading ("Security > Encryption: Keys are
+        # rotated every 90 days."): what it is about is often only in the heading (ev1 on dev 0.77 -> 0.82, dev2
+        # 0.62 -> 0.67)
+        sims = self._cosines(question, [f"{heads[n]}: {c}" if heads[n] else c for c, n in cands if c])
         scored, k = [], 0
         for i, (sent, n) in enumerate(cands):
             if not sent:
@@ -288,15 +292,15 @@ class GuardedReply:
         return "".join(out)
 
     def finish(self) -> str:
-        """The rest of the reply: the held-back tail, then the quote when the reply stated no supported fact."""
+        """The rest of the reply: the held-back tail, then the quoted sentences whose facts the reply did not state."""
         out = [self._accept(self._buf)] if self._buf.strip() and not self.stopped else []
         self._buf = ""
         self.stopped = True
         if self.grounding == "refused":
             return "".join(out)
-        if self.evidence and (self.grounding == "extractive" or not self._states_evidence()):
-            out.append(self._quote())
-        elif not self.released.strip() and self.marker:
+        if self.evidence:  # the quote's sentences the reply leaves out (all of them when it states none)
+            out.append(self._quote([e for e in self._quoted() if not self._states(e)]))
+        if not "".join(out).strip() and not self.released.strip() and self.marker:
             out.append(self.marker)
         return "".join(out)
 
@@ -336,15 +340,14 @@ class GuardedReply:
         self._sent.append(sentence)
         return sentence
 
-    def _states_evidence(self) -> bool:
-        """True when the reply carries a fact of the best evidence sentence (most of its words when it has no figure).
+    def _states(self, e: Evidence) -> bool:
+        """True when the reply carries a fact of the evidence sentence (most of its words when it has no figure).
         A small model that reads the right document often states a neighbouring fact of it: a fact found elsewhere
         in the sources does not stand in for the best-matching one."""
         said = claims(self.released)
-        best = self.evidence[0].text
-        facts = claims(best)
+        facts = claims(e.text)
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words
-            words = content_words(best)
+            words = content_words(e.text)
             return len(words & content_words(self.released)) >= max(1, len(words) / 2)
         return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))
 
@@ -365,9 +368,13 @@ class GuardedReply:
             parts.append(e)
         return parts
 
-    def _quote(self) -> str:
+    def _quote(self, parts: list[Evidence] | None = None) -> str:
+        """The quote of `parts` (by default all of _quoted()), each sentence cited; '' when there is nothing to add."""
+        parts = self._quoted() if parts is None else parts
+        if not parts:
+            return ""
         self.grounding = "extractive"
-        quote = " ".join(_cited(e) for e in self._quoted())
+        quote = " ".join(_cited(e) for e in parts)
         head = self.released
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote

@@ -217,6 +217,18 @@ def test_the_quote_gives_each_sentence_its_own_citation():
     assert "20% of the server's monthly plan price [2]." in text and "6 monthly backups of each server [2]." in text
 
 
+def test_a_reply_stating_one_part_gets_the_parts_it_left_out():
+    backups = Source("backups.md", "Backups", None, "c4", 0.7, text=(
+        "Backups\nTreasure Chest backups cost 20% of the server's monthly plan price. "
+        "Treasure Chest keeps 7 daily backups and 6 monthly backups of each server."))
+    q = "How much do Treasure Chest backups cost, and how many backups are kept?"
+    text, grounding, _ = run(q, "Ahoy! Treasure Chest backups cost 20% of the plan price [2].", sources=(PRICING, backups))
+    assert text.startswith("Ahoy! Treasure Chest backups cost 20% of the plan price [2].")  # the model's words stay
+    assert text.count("20%") == 1 and "6 monthly backups of each server [2]." in text and grounding == "extractive"
+    both = "Ahoy! Backups cost 20% of the plan price and 7 daily and 6 monthly backups are kept [2]."
+    assert run(q, both, sources=(PRICING, backups))[:2] == (both, "generated")  # nothing left out: nothing added
+
+
 def test_a_reply_copying_a_source_label_is_cut_there():
     text, grounding, _ = run("How much is the Sloop per month?",
                              "Ahoy! [1] pricing-plans.md > Pricing > Server plans\nPlan: Sloop; vCPU: 2")
