@@ -5,8 +5,10 @@ Vectors are L2-normalised so cosine similarity = dot product and Chroma's cosine
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from pathlib import Path
 
 from protege.errors import ProtegeError, require
@@ -54,7 +56,31 @@ class Embedder:
         return vectors.astype("float32").tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed([text])[0]
+        """One question, on one torch thread: a short text gains nothing from a second thread, and when the LLM
+        decodes on the same cores, torch's spinning OpenMP workers make a 2-thread query several times slower
+        (bench/rag_latency.py; p50 39 -> 21 ms at load 3 on 2 cores)."""
+        with _torch_threads(1):
+            return self.embed([text])[0]
+
+
+_THREADS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run the block with torch's intra-op pool at `n` threads, then put it back (one block at a time: the setting
+    is process-wide)."""
+    import torch
+
+    with _THREADS:
+        before = torch.get_num_threads()
+        if before != n:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if before != n:
+                torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)
