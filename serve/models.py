@@ -104,8 +104,7 @@ class ModelManager:
         engine = res.engine
         if spec.id not in engine.model_ids:
             engine.model_ids.append(spec.id)
-            if hasattr(engine, "register"):
-                engine.register(spec)
+            engine.register(spec)
         return spec, engine
 
     async def acquire(self, model_id: str, keep_alive: Any = None) -> tuple[ModelSpec, Engine, Callable[[], None]]:

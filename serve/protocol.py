@@ -1,14 +1,14 @@
-"""Wire types of the OpenAI and Ollama APIs (pure pydantic: no torch, no engine imports).
+"""Wire types of the OpenAI API (pure pydantic: no torch, no engine imports); Ollama's are in serve/protocol_ollama.py,
+what both share (base models, the RAG extras, validation) in serve/wire.py.
 
 Each generation request translates itself into the engine-neutral `GenParams` (`to_gen_params()`, like vLLM's
 `to_sampling_params()`): defaults, field mapping, and the request-level features no GenParams field carries
 (images, tools, ...) all live here, so routers stay thin and what an engine is asked is derived, never listed.
 
 Ordered like OpenAI's API reference: chat completions (request, response, chunk), completions, models, embeddings,
-errors; then Ollama's request/response types. Requests accept unknown fields (clients send vendor extras) but every
-field we *do* know is validated and, where an engine cannot honour it, rejected by the router instead of ignored.
-Responses carry three extra fields for RAG: `sources`, `confidence` and `grounding` (generated: the model's checked
-words; extractive: the guard quoted a source; refused: below the confidence gate); requests carry the extra field `rag`.
+errors. Requests accept unknown fields (clients send vendor extras) but every field we *do* know is validated and,
+where an engine cannot honour it, rejected by the router instead of ignored. Answers carry the RAG extras of
+`wire.Grounded` (`sources`, `confidence`, `grounding`); requests carry the extra field `rag`.
 """
 
 from __future__ import annotations
@@ -17,20 +17,10 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve.params import GenParams, flags
-from serve.wire import Bool, Float, Int, Request, check_inputs, check_stops
-
-
-class _Lenient(BaseModel):
-    """Requests: unknown fields are kept (and ignored) so new client versions keep working."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="allow")
+from serve.wire import Bool, EmbedRequest, Float, Grounded, Int, Lenient, Out, Request, check_stops
 
 
 def new_id(prefix: str) -> str:
@@ -43,12 +33,12 @@ def _norm_stop(v: str | list[str] | None) -> list[str] | None:
 
 
 # --------------------------------------------------------------------------------------------------------- chat
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     type: str = "text"
     text: str | None = None
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -65,18 +55,18 @@ class ChatMessage(_Lenient):
         return isinstance(self.content, list) and any(p.type != "text" for p in self.content)
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: Bool = False
 
 
-class JsonSchemaSpec(_Lenient):
+class JsonSchemaSpec(Lenient):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: Bool | None = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: JsonSchemaSpec | None = None
 
@@ -135,7 +125,7 @@ class ChatCompletionRequest(Request):
                            images=any(m.has_non_text() for m in self.messages)))
 
 
-class TopLogprob(_Out):
+class TopLogprob(Out):
     token: str
     logprob: float
     bytes: list[int] | None = None
@@ -145,38 +135,30 @@ class TokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
-class ChoiceLogprobs(_Out):
+class ChoiceLogprobs(Out):
     content: list[TokenLogprob] | None = None
 
 
-class Usage(_Out):
+class Usage(Out):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class SourceOut(_Out):
-    path: str
-    section: str | None = None
-    page: int | None = None
-    chunk_id: str
-    score: float
-
-
-class AssistantMessage(_Out):
+class AssistantMessage(Out):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
 
 
-class ChatChoice(_Out):
+class ChatChoice(Out):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "content_filter"] | None
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionResponse(_Out):
+class ChatCompletionResponse(Grounded):
     id: str = Field(default_factory=lambda: new_id("chatcmpl"))
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -184,25 +166,21 @@ class ChatCompletionResponse(_Out):
     choices: list[ChatChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
-    # Protégé extras (present when the answer went through RAG)
-    sources: list[SourceOut] | None = None
-    confidence: float | None = None
-    grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
-class ChunkDelta(_Out):
+class ChunkDelta(Out):
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
-class ChunkChoice(_Out):
+class ChunkChoice(Out):
     index: int
     delta: ChunkDelta
     finish_reason: Literal["stop", "length", "content_filter"] | None = None
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(_Out):
+class ChatCompletionChunk(Grounded):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -210,9 +188,6 @@ class ChatCompletionChunk(_Out):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
-    sources: list[SourceOut] | None = None
-    confidence: float | None = None
-    grounding: Literal["generated", "extractive", "refused"] | None = None
 
 
 # -------------------------------------------------------------------------------------------------- completions
@@ -251,14 +226,14 @@ class CompletionRequest(Request):
                            logprobs=self.logprobs))
 
 
-class CompletionChoice(_Out):
+class CompletionChoice(Out):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None
     logprobs: Any = None
 
 
-class CompletionResponse(_Out):
+class CompletionResponse(Out):
     id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -269,42 +244,34 @@ class CompletionResponse(_Out):
 
 
 # ------------------------------------------------------------------------------------------------------- models
-class ModelCard(_Out):
+class ModelCard(Out):
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "protege"
 
 
-class ModelList(_Out):
+class ModelList(Out):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 # --------------------------------------------------------------------------------------------------- embeddings
-class EmbeddingRequest(Request):
+class EmbeddingRequest(EmbedRequest):
     model: str = Field(min_length=1)
     input: str | list[str] = Field(...)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Int | None = Field(None, gt=0)
     user: str | None = None
 
-    @field_validator("input")
-    @classmethod
-    def _input(cls, v: str | list[str]) -> str | list[str]:
-        return check_inputs(v)
 
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class EmbeddingData(_Out):
+class EmbeddingData(Out):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
 
 
-class EmbeddingResponse(_Out):
+class EmbeddingResponse(Out):
     object: Literal["list"] = "list"
     data: list[EmbeddingData]
     model: str
@@ -316,16 +283,12 @@ ErrorCode = Literal["model_not_found", "context_length_exceeded", "invalid_reque
                     "invalid_api_key", "rate_limit_exceeded", "request_too_large", "server_error", "model_not_loaded"]
 
 
-class ErrorDetail(_Out):
+class ErrorDetail(Out):
     message: str
     type: str = "invalid_request_error"
     param: str | None = None
     code: str | None = None
 
 
-class ErrorResponse(_Out):
+class ErrorResponse(Out):
     error: ErrorDetail
-
-
-# Ollama's types live beside (same rules); re-exported so `protocol.Ollama*` is the one place to look.
-from serve.protocol_ollama import *  # noqa: E402,F401,F403

@@ -1,45 +1,29 @@
-"""Ollama API wire types (pure pydantic), re-exported by serve.protocol.
+"""Ollama API wire types (pure pydantic); the OpenAI API's are in serve/protocol.py, what both share in serve/wire.py.
 
-Timings are nanoseconds like Ollama's; the final line of a stream carries them plus Protégé's RAG extras. The
-/api/chat and /api/generate requests translate themselves into `GenParams` (`to_gen_params()`), like OpenAI's.
+The /api/chat and /api/generate requests translate themselves into `GenParams` (`to_gen_params()`), like OpenAI's.
+Their answers are `OllamaLine`s: every line of a stream has the text, the last one also `done_reason`, the timings
+(nanoseconds, like Ollama) and Protégé's RAG extras. tests/test_serve_ollama_client.py checks these shapes against
+the official `ollama` client's own response models.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from serve.params import GenParams, flags
-from serve.wire import Bool, Float, Int, Request, check_inputs, check_stops
-
-__all__ = [
-    "OllamaOptions", "OllamaMessage", "OllamaChatRequest", "OllamaGenerateRequest", "OllamaFinal",
-    "OllamaChatResponse", "OllamaGenerateResponse", "OllamaShowRequest", "OllamaDetails", "OllamaModel",
-    "OllamaTags", "OllamaRunning", "OllamaPs", "OllamaShowResponse", "OllamaEmbedRequest", "OllamaEmbedResponse",
-    "OllamaVersion"
-]
+from serve.wire import Bool, EmbedRequest, Float, Grounded, Int, Lenient, Out, Request, check_stops
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
+def iso_time(ts: float | None = None) -> str:
+    """Ollama's timestamps (`created_at`, `modified_at`, `expires_at`): UTC, RFC 3339 with a Z; None: now."""
+    t = datetime.now(timezone.utc) if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+    return t.isoformat().replace("+00:00", "Z")
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class SourceOut(_Out):
-    """Same shape as serve.protocol.SourceOut (kept separate to avoid an import cycle)."""
-
-    path: str
-    section: str | None = None
-    page: int | None = None
-    chunk_id: str
-    score: float
-
-
-class OllamaOptions(_Lenient):
+class OllamaOptions(Lenient):
     """The subset of Ollama's runtime options we honour; others are accepted and ignored like Ollama does,
     except those that change the answer's shape, which the router checks."""
 
@@ -75,7 +59,7 @@ class OllamaOptions(_Lenient):
                          features=flags(temperature=self.temperature is not None))
 
 
-class OllamaMessage(_Lenient):
+class OllamaMessage(Lenient):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
@@ -149,37 +133,32 @@ class OllamaGenerateRequest(_Generation):
         return False if self.raw else super().rag_choice()
 
 
-class OllamaFinal(_Out):
-    """Timing fields on the final line of /api/chat and /api/generate (nanoseconds, like Ollama)."""
+class OllamaLine(Grounded):
+    """A line of /api/chat or /api/generate. Only the final line (or the one non-streaming answer) sets `done_reason`
+    and the timings; routers dump with `exclude_none`, so the other lines carry just the text, as Ollama's do. The
+    `trailing` fields are dumped after the subclass's text (`message` or `response`), in Ollama's order."""
 
-    done_reason: Literal["stop", "length", "load", "unload"] | None = "stop"
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
+    trailing = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+                "prompt_eval_duration", "eval_count", "eval_duration", *Grounded.trailing)
 
-
-class OllamaChatResponse(OllamaFinal):
     model: str
-    created_at: str
-    message: OllamaMessage
-    done: bool
-    sources: list[SourceOut] | None = None
-    confidence: float | None = None
-    grounding: Literal["generated", "extractive", "refused"] | None = None
+    created_at: str = Field(default_factory=iso_time)
+    done: bool = False
+    done_reason: Literal["stop", "length", "load", "unload"] | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
 
 
-class OllamaGenerateResponse(OllamaFinal):
-    model: str
-    created_at: str
-    response: str
-    done: bool
-    context: list[int] | None = None
-    sources: list[SourceOut] | None = None
-    confidence: float | None = None
-    grounding: Literal["generated", "extractive", "refused"] | None = None
+class OllamaChatResponse(OllamaLine):
+    message: OllamaMessage = Field(default_factory=lambda: OllamaMessage(role="assistant"))
+
+
+class OllamaGenerateResponse(OllamaLine):
+    response: str = ""
 
 
 class OllamaShowRequest(Request):
@@ -191,7 +170,7 @@ class OllamaShowRequest(Request):
         return self.model or self.name or ""
 
 
-class OllamaDetails(_Out):
+class OllamaDetails(Out):
     parent_model: str = ""
     format: str = "gguf"
     family: str = "llama"
@@ -200,7 +179,7 @@ class OllamaDetails(_Out):
     quantization_level: str = ""
 
 
-class OllamaModel(_Out):
+class OllamaModel(Out):
     name: str
     model: str
     modified_at: str
@@ -209,20 +188,21 @@ class OllamaModel(_Out):
     details: OllamaDetails = Field(default_factory=OllamaDetails)
 
 
-class OllamaTags(_Out):
+class OllamaTags(Out):
     models: list[OllamaModel]
 
 
 class OllamaRunning(OllamaModel):
     expires_at: str = ""
     size_vram: int = 0
+    context_length: int = 0
 
 
-class OllamaPs(_Out):
+class OllamaPs(Out):
     models: list[OllamaRunning]
 
 
-class OllamaShowResponse(_Out):
+class OllamaShowResponse(Out):
     modelfile: str = ""
     parameters: str = ""
     template: str = ""
@@ -233,23 +213,15 @@ class OllamaShowResponse(_Out):
     modified_at: str = ""
 
 
-class OllamaEmbedRequest(Request):
+class OllamaEmbedRequest(EmbedRequest):
     model: str = Field(min_length=1)
     input: str | list[str]
     truncate: Bool = True
     options: OllamaOptions | None = None
     keep_alive: str | int | None = None
 
-    @field_validator("input")
-    @classmethod
-    def _input(cls, v: str | list[str]) -> str | list[str]:
-        return check_inputs(v)
 
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class OllamaEmbedResponse(_Out):
+class OllamaEmbedResponse(Out):
     model: str
     embeddings: list[list[float]]
     total_duration: int = 0
@@ -257,5 +229,5 @@ class OllamaEmbedResponse(_Out):
     prompt_eval_count: int = 0
 
 
-class OllamaVersion(_Out):
+class OllamaVersion(Out):
     version: str

@@ -1,4 +1,6 @@
-"""Validation shared by the OpenAI and Ollama wire types (serve/protocol.py, serve/protocol_ollama.py).
+"""What the OpenAI and Ollama wire types share (serve/protocol.py, serve/protocol_ollama.py): the base models, the RAG
+extras every answer carries (`Grounded`, `SourceOut`) and the validation. Both APIs import it; neither imports the
+other, so a type lives once.
 
 Request bodies are checked whole before any field is read, so a bad value is a 400 before a response header exists
 (a stream that starts 200 and breaks mid-way is never the answer to bad input):
@@ -10,9 +12,10 @@ Request bodies are checked whole before any field is read, so a bad value is a 4
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Strict, model_validator
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, SerializerFunctionWrapHandler, Strict,
+                      field_validator, model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
 
@@ -52,11 +55,21 @@ def find_bad_text(data: Any) -> str | None:
     return None
 
 
-class Request(BaseModel):
-    """Base of every request body: unknown fields are kept (and ignored) so new client versions keep working, and
-    the whole body must be valid Unicode."""
+class Lenient(BaseModel):
+    """Objects inside a request (a message, options): unknown fields are kept (and ignored) so new client versions
+    keep working."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class Out(BaseModel):
+    """Responses: extra fields pass through, so a router may add one an API grew before this model names it."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Request(Lenient):
+    """Base of every request body: lenient like its parts, and the whole body must be valid Unicode."""
 
     @model_validator(mode="before")
     @classmethod
@@ -103,3 +116,53 @@ def check_inputs(v: str | list[str]) -> str | list[str]:
     if isinstance(v, list) and len(v) > MAX_EMBED_INPUTS:
         raise ValueError(f"at most {MAX_EMBED_INPUTS} inputs per request, got {len(v)}")
     return v
+
+
+class EmbedRequest(Request):
+    """/v1/embeddings and /api/embed: `input` is a string or a bounded non-empty list (each subclass declares its
+    fields, `input` included, in its API's order)."""
+
+    @field_validator("input", check_fields=False)
+    @classmethod
+    def _input(cls, v: str | list[str]) -> str | list[str]:
+        return check_inputs(v)
+
+    def texts(self) -> list[str]:
+        text: str | list[str] = getattr(self, "input")
+        return [text] if isinstance(text, str) else list(text)
+
+
+class SourceOut(Out):
+    """A RAG source (rag.types.Source without its text), the same on both APIs. Its nulls are data (`page: null`:
+    not a PDF), so it keeps them when the answer around it is dumped with `exclude_none`."""
+
+    path: str
+    section: str | None = None
+    page: int | None = None
+    chunk_id: str
+    score: float
+
+    @model_serializer(mode="plain")
+    def _with_nulls(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class Grounded(Out):
+    """Base of every answer (OpenAI's response and chunk, Ollama's chat and generate lines): Protégé's RAG extras,
+    set only when the answer went through retrieval. `grounding` says what the guard did: generated (the model's
+    checked words), extractive (it quoted a source), refused (below the confidence gate). The `trailing` fields are
+    dumped last, so a client reads the API's own fields first, as in OpenAI's and Ollama's answers."""
+
+    trailing: ClassVar[tuple[str, ...]] = ("sources", "confidence", "grounding")
+
+    sources: list[SourceOut] | None = None
+    confidence: float | None = None
+    grounding: Literal["generated", "extractive", "refused"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _trailing_last(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        d = handler(self)
+        for key in self.trailing:
+            if key in d:
+                d[key] = d.pop(key)
+        return d

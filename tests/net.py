@@ -1,4 +1,4 @@
-"""Loopback helpers for tests that start real servers (protege serve, chroma run)."""
+"""Loopback helpers for tests that start real servers (protege serve, chroma run, an app under uvicorn)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def free_port() -> int:
@@ -55,3 +56,24 @@ def protege_serve(home: Path, *args: str, env: dict[str, str] | None = None, tim
             proc.terminate()
             code = proc.wait(timeout=40)
     assert code in (0, -15), log_path.read_text()[-2000:]
+
+
+@contextmanager
+def app_server(app: Any, timeout: float = 20) -> Iterator[str]:
+    """`app` under a real uvicorn in a thread, on a free loopback port (real HTTP, real streaming, the app's
+    lifespan); yields its base URL and stops it on exit."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + timeout
+        while not server.started:
+            assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

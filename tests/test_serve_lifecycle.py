@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from datetime import datetime
 
@@ -227,25 +226,14 @@ def test_an_engine_in_use_is_never_evicted(tmp_path):
 
 
 def test_protege_ps_prints_the_servers_table(tmp_path, capsys):
-    import uvicorn
-
     from protege.cli import main
-    from tests.net import free_port
+    from tests.net import app_server
 
     env = LEnv(tmp_path, api_keys=["k"], keep_alive="10m")
     env.now = time.time()
-    app = env.app()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started:
-            assert time.time() < deadline and thread.is_alive()
-            time.sleep(0.05)
+    with app_server(env.app()) as base:
+        port = int(base.rsplit(":", 1)[1])
         headers = {"Authorization": "Bearer k"}
-        base = f"http://127.0.0.1:{port}"
         assert httpx.post(f"{base}/api/generate", json={"model": "minimal", "prompt": ""}, headers=headers,
                           timeout=10).json()["done_reason"] == "load"
         assert main(["ps", "--port", str(port), "--api-key", "k"]) == 0
@@ -258,9 +246,6 @@ def test_protege_ps_prints_the_servers_table(tmp_path, capsys):
         assert [m["name"] for m in json.loads(capsys.readouterr().out)["models"]] == ["minimal:latest"]
         assert main(["ps", "--port", str(port)]) == 1  # no key: the server's 401, said in one line
         assert "401" in capsys.readouterr().err
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 # ------------------------------------------------------------------------------ 5. admission before retrieval

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve import protocol as P
+from serve import protocol_ollama as O
 from serve.engines.fake import FakeEngine
 from serve.engines.llamacpp import LlamaCppEngine
 from serve.engines.vllm import VllmEngine
@@ -57,7 +58,7 @@ def test_openai_completion_to_gen_params():
 
 
 def test_ollama_chat_to_gen_params():
-    req = P.OllamaChatRequest(model="m", messages=[{"role": "user", "content": "hi", "images": ["aGk="]}],
+    req = O.OllamaChatRequest(model="m", messages=[{"role": "user", "content": "hi", "images": ["aGk="]}],
                               format={"type": "object"}, think=True,
                               options={"temperature": 0.2, "top_k": 40, "repeat_penalty": 1.0, "num_predict": -1,
                                        "stop": "END", "rag": False, "num_ctx": 128})
@@ -67,26 +68,26 @@ def test_ollama_chat_to_gen_params():
     # repeat_penalty 1.0 is Ollama's "off": not asked of the engine
     assert p.requested() == {"temperature", "top_k", "stop", "json_schema", "images", "think"}
     assert req.rag_choice() is False and req.ctx_limit() == 128
-    plain = P.OllamaChatRequest(model="m", messages=USER)
+    plain = O.OllamaChatRequest(model="m", messages=USER)
     assert plain.to_gen_params() == GenParams(model="m", messages=USER, temperature=0.8)
     assert plain.to_gen_params().requested() == frozenset() and plain.rag_choice() is None
     assert plain.ctx_limit() is None
 
 
 def test_ollama_generate_to_gen_params():
-    raw = P.OllamaGenerateRequest(model="m", prompt="p", raw=True, suffix="s", context=[1], format="json",
+    raw = O.OllamaGenerateRequest(model="m", prompt="p", raw=True, suffix="s", context=[1], format="json",
                                   options={"repeat_penalty": 1.3, "num_predict": 5, "rag": True})
     p = raw.to_gen_params()
     assert p == GenParams(model="m", prompt="p", max_tokens=5, temperature=0.8, json_object=True,
                           repeat_penalty=1.3, features={"suffix", "context"})
     assert p.requested() == {"json_object", "repeat_penalty", "suffix", "context"}
     assert raw.rag_choice() is False  # a raw prompt has no retrieval, whatever options.rag says
-    p = P.OllamaGenerateRequest(model="m", prompt="why", system="Be kind.", images=["aGk="]).to_gen_params()
+    p = O.OllamaGenerateRequest(model="m", prompt="why", system="Be kind.", images=["aGk="]).to_gen_params()
     assert p.messages == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "why"}]
     assert p.prompt is None and p.requested() == {"images"}
 
 
-@pytest.mark.parametrize("cls", [P.OllamaChatRequest, P.OllamaGenerateRequest])
+@pytest.mark.parametrize("cls", [O.OllamaChatRequest, O.OllamaGenerateRequest])
 def test_ollama_format_is_json_or_a_schema(cls):
     with pytest.raises(ValidationError, match="must be 'json' or a JSON schema"):
         cls(model="m", format="xml")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 
 from rich.console import Console
 
@@ -51,35 +48,23 @@ def test_run_one_shot_in_process(capsys):
 
 
 def test_run_against_a_running_server(tmp_path, capsys):
-    import uvicorn
-
     from protege.config import ServeConfig
     from protege.config_file import config_from_dict
     from serve.app import create_app
     from serve.engines.fake import FakeEngine
     from serve.registry import Registry
+    from tests.net import app_server
 
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF")
     app = create_app(Registry([config_from_dict({"name": "minimal"})], embedded_gguf=gguf),
                      lambda spec: FakeEngine(), ServeConfig(api_keys=["k"]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        rc = main(["run", "minimal", "--host", f"http://127.0.0.1:{port}", "--api-key", "k", "--prompt", "via http"])
+    with app_server(app) as base:
+        rc = main(["run", "minimal", "--host", base, "--api-key", "k", "--prompt", "via http"])
         assert rc == 0 and "Echo: via http" in capsys.readouterr().out
-        rc = main(["run", "minimal", "--host", f"http://127.0.0.1:{port}", "--api-key", "wrong", "--prompt", "x"])
+        rc = main(["run", "minimal", "--host", base, "--api-key", "wrong", "--prompt", "x"])
         err = capsys.readouterr().err  # the server's own message, one line, the typed error's exit code
         assert rc == 1 and "Incorrect or missing API key" in err and "Traceback" not in err
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 def test_server_errors_are_typed_with_the_server_code():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from serve.params import GenParams
 
@@ -120,6 +120,10 @@ class BaseEngine(ABC):
     @abstractmethod
     def prompt_tokens(self, params: GenParams) -> list[int]:
         """The prompt's token ids after the chat template, computed afresh (callers want `prompt_ids`)."""
+
+    def register(self, spec: Any) -> None:
+        """`spec` (a serve.registry.ModelSpec) now shares this engine (ModelManager.get adds its id to `model_ids`).
+        Nothing to do for most engines; vLLM's overrides it to take the spec's LoRA adapter."""
 
     def supports(self, param: str) -> bool:
         return param in self.capabilities

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -19,10 +18,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 
 from protege.hashing import cached_file_sha256
-from serve import protocol as P
 from serve.engines.base import EngineError, UnsupportedParameter, Usage
 from serve.gguf_meta import GGUFMeta, read_meta
 from serve.ops import error_body
+from serve.protocol_ollama import (OllamaChatRequest, OllamaChatResponse, OllamaDetails, OllamaEmbedRequest,
+                                   OllamaEmbedResponse, OllamaGenerateRequest, OllamaGenerateResponse, OllamaLine,
+                                   OllamaMessage, OllamaModel, OllamaPs, OllamaRunning, OllamaShowRequest,
+                                   OllamaShowResponse, OllamaTags, OllamaVersion, iso_time)
 from serve.routers.openai import embed_texts, get_embedder
 from serve.models import keep_alive_seconds
 from serve.service import CLIENT_GONE, Prepared, Service, wait_disconnect
@@ -36,14 +38,6 @@ def _svc(request: Request) -> Service:
     return request.app.state.service
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 @router.get("/")
 @router.head("/")
 async def root() -> Any:
@@ -52,7 +46,7 @@ async def root() -> Any:
 
 @router.get("/api/version")
 async def version() -> Any:
-    return {"version": VERSION}
+    return OllamaVersion(version=VERSION).model_dump()
 
 
 def human_number(n: int) -> str:
@@ -64,23 +58,23 @@ def human_number(n: int) -> str:
     return f"{n / 1e3:.0f}K" if n >= 1e3 else str(n)
 
 
-def _details(spec, meta: GGUFMeta | None) -> P.OllamaDetails:
+def _details(spec, meta: GGUFMeta | None) -> OllamaDetails:
     """From the GGUF's own header where it can be read: the architecture, the parameter count, and the type the file
     was really quantized to (general.file_type: a q4_k_m tag built with the q6_k mix says Q6_K); else the tag."""
     arch = meta.architecture if meta and meta.architecture else "llama"
-    return P.OllamaDetails(parent_model=spec.cfg.base.model, family=arch, families=[arch],
-                           quantization_level=(meta and meta.file_type) or spec.quant.upper(),
-                           parameter_size=human_number(meta.parameter_count) if meta and meta.parameter_count else "")
+    return OllamaDetails(parent_model=spec.cfg.base.model, family=arch, families=[arch],
+                         quantization_level=(meta and meta.file_type) or spec.quant.upper(),
+                         parameter_size=human_number(meta.parameter_count) if meta and meta.parameter_count else "")
 
 
-def _model(spec) -> P.OllamaModel:
+def _model(spec) -> OllamaModel:
     """Reads (and hashes, once per file version) the GGUF: call it in a worker thread."""
     has_file = bool(spec.gguf and spec.gguf.is_file())
     name = spec.id if ":" in spec.id else f"{spec.id}:latest"
-    return P.OllamaModel(name=name, model=name, modified_at=_iso(spec.modified),
-                         size=spec.gguf.stat().st_size if has_file else 0,
-                         digest=cached_file_sha256(spec.gguf) if has_file else "",
-                         details=_details(spec, read_meta(spec.gguf) if has_file else None))
+    return OllamaModel(name=name, model=name, modified_at=iso_time(spec.modified),
+                       size=spec.gguf.stat().st_size if has_file else 0,
+                       digest=cached_file_sha256(spec.gguf) if has_file else "",
+                       details=_details(spec, read_meta(spec.gguf) if has_file else None))
 
 
 @router.get("/api/tags")
@@ -88,7 +82,7 @@ async def tags(request: Request) -> Any:
     reg = _svc(request).manager.registry
     reg.refresh()
     specs = sorted(reg.specs.values(), key=lambda s: s.id)
-    return P.OllamaTags(models=await asyncio.to_thread(lambda: [_model(s) for s in specs])).model_dump()
+    return OllamaTags(models=await asyncio.to_thread(lambda: [_model(s) for s in specs])).model_dump()
 
 
 @router.get("/api/ps")
@@ -100,15 +94,15 @@ async def ps(request: Request) -> Any:
     now, out = mgr.clock(), []
     for res in mgr.running():
         t = res.expires_at(now)
-        expires = FOREVER if t is None else _iso(t)
+        expires = FOREVER if t is None else iso_time(t)
         for mid in res.engine.model_ids:
             spec = mgr.registry.get(mid)
             if spec:
                 m = await asyncio.to_thread(_model, spec)
-                out.append(P.OllamaRunning(**m.model_dump(), expires_at=expires,
-                                           size_vram=m.size if res.engine.name == "vllm" else 0,
-                                           context_length=res.engine.context_length))
-    return P.OllamaPs(models=out).model_dump()
+                out.append(OllamaRunning(**m.model_dump(), expires_at=expires,
+                                         size_vram=m.size if res.engine.name == "vllm" else 0,
+                                         context_length=res.engine.context_length))
+    return OllamaPs(models=out).model_dump()
 
 
 def export_stops(spec, meta: GGUFMeta | None) -> list[str]:
@@ -126,7 +120,7 @@ def export_stops(spec, meta: GGUFMeta | None) -> list[str]:
 
 
 @router.post("/api/show")
-async def show(req: P.OllamaShowRequest, request: Request) -> Any:
+async def show(req: OllamaShowRequest, request: Request) -> Any:
     """Model card from the GGUF's header (architecture, parameter count, context length, every scalar key, like
     Ollama's `model_info`) and the export (stops); the header is read once per file version."""
     spec = _svc(request).manager.spec(req.model_name())
@@ -136,10 +130,10 @@ async def show(req: P.OllamaShowRequest, request: Request) -> Any:
     modelfile = f"FROM {spec.gguf}\nSYSTEM \"\"\"{spec.system_prompt}\"\"\"\nPARAMETER " + params.replace(
         "\n", "\nPARAMETER ")
     info = meta.model_info() if meta else {}
-    return P.OllamaShowResponse(modelfile=modelfile, parameters=params, system=spec.system_prompt,
-                                details=_details(spec, meta), capabilities=["completion"],
-                                modified_at=_iso(spec.modified),
-                                model_info={**info, "protege.knowledge": spec.has_knowledge}).model_dump()
+    return OllamaShowResponse(modelfile=modelfile, parameters=params, system=spec.system_prompt,
+                              details=_details(spec, meta), capabilities=["completion"],
+                              modified_at=iso_time(spec.modified),
+                              model_info={**info, "protege.knowledge": spec.has_knowledge}).model_dump()
 
 
 def _timings(usage: Usage, t0: int, reason: str) -> dict:
@@ -148,34 +142,35 @@ def _timings(usage: Usage, t0: int, reason: str) -> dict:
             "eval_count": usage.completion_tokens, "eval_duration": usage.eval_ns}
 
 
+# One line of an answer: its text, then OllamaLine's fields (done, done_reason, timings, RAG extras).
+Line = Callable[..., OllamaLine]
+
+
 @router.post("/api/chat")
-async def chat(req: P.OllamaChatRequest, request: Request) -> Any:
+async def chat(req: OllamaChatRequest, request: Request) -> Any:
     svc, t0 = _svc(request), time.perf_counter_ns()
+
+    def line(text: str = "", **fields: Any) -> OllamaLine:
+        return OllamaChatResponse(model=req.model, message=OllamaMessage(role="assistant", content=text), **fields)
+
     if not req.messages:  # Ollama: an empty chat loads the model (or unloads it, with keep_alive 0)
-        return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
-                "done": True, "done_reason": await _load_call(svc, req.model, req.keep_alive)}
+        return _wire(line(done=True, done_reason=await _load_call(svc, req.model, req.keep_alive)))
     prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
                              keep_alive=req.keep_alive)
-
-    def line(text: str, done: bool, extra: dict | None = None) -> dict:
-        return {"model": req.model, "created_at": _now(), "message": {"role": "assistant", "content": text},
-                "done": done, **(extra or {})}
-
     return await _respond(svc, prep, req.stream, t0, line, request)
 
 
 @router.post("/api/generate")
-async def generate(req: P.OllamaGenerateRequest, request: Request) -> Any:
+async def generate(req: OllamaGenerateRequest, request: Request) -> Any:
     svc, t0 = _svc(request), time.perf_counter_ns()
+
+    def line(text: str = "", **fields: Any) -> OllamaLine:
+        return OllamaGenerateResponse(model=req.model, response=text, **fields)
+
     if not req.prompt:  # Ollama: an empty prompt loads the model (or unloads it, with keep_alive 0)
-        return {"model": req.model, "created_at": _now(), "response": "", "done": True,
-                "done_reason": await _load_call(svc, req.model, req.keep_alive)}
+        return _wire(line(done=True, done_reason=await _load_call(svc, req.model, req.keep_alive)))
     prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
                              keep_alive=req.keep_alive)
-
-    def line(text: str, done: bool, extra: dict | None = None) -> dict:
-        return {"model": req.model, "created_at": _now(), "response": text, "done": done, **(extra or {})}
-
     return await _respond(svc, prep, req.stream, t0, line, request)
 
 
@@ -189,7 +184,7 @@ async def _load_call(svc: Service, model: str, keep_alive: Any) -> str:
     return "load"
 
 
-async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line, request: Request) -> Any:
+async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line: Line, request: Request) -> Any:
     if not stream:
         if prep.refusal is not None:
             usage, text, reason = Usage(), prep.refusal, "stop"
@@ -199,26 +194,31 @@ async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line, re
             if res is None:
                 return Response(status_code=CLIENT_GONE)
             text, reason = res.texts[0], res.finish_reasons[0]
-        return JSONResponse(line(text, True, {**_timings(usage, t0, reason), **prep.rag_fields()}))
+        return JSONResponse(_wire(line(text, done=True, **_timings(usage, t0, reason), **prep.rag_fields())))
     return StreamingResponse(_ndjson(svc, prep, t0, line), media_type="application/x-ndjson",
                              background=BackgroundTask(prep.release))
 
 
-async def _ndjson(svc: Service, prep: Prepared, t0: int, line) -> AsyncIterator[bytes]:
+async def _ndjson(svc: Service, prep: Prepared, t0: int, line: Line) -> AsyncIterator[bytes]:
     usage, reason = Usage(), "stop"
     try:
         if prep.refusal is not None:
-            yield _enc(line(prep.refusal, False))
+            yield _enc(_wire(line(prep.refusal)))
         else:
             async for d in svc.stream(prep, usage):
                 if d.text:
-                    yield _enc(line(d.text, False))
+                    yield _enc(_wire(line(d.text)))
                 if d.finish_reason:
                     reason = d.finish_reason
     except EngineError as e:
         yield _enc(error_body(str(e), e.code, e.type, e.param))
         return
-    yield _enc(line("", True, {**_timings(usage, t0, reason), **prep.rag_fields()}))
+    yield _enc(_wire(line(done=True, **_timings(usage, t0, reason), **prep.rag_fields())))
+
+
+def _wire(line: OllamaLine) -> dict:
+    """Unset fields are left out: only the last line has done_reason, the timings and the RAG extras, as in Ollama."""
+    return line.model_dump(exclude_none=True)
 
 
 def _enc(obj: dict) -> bytes:
@@ -226,7 +226,7 @@ def _enc(obj: dict) -> bytes:
 
 
 @router.post("/api/embed")
-async def embed(req: P.OllamaEmbedRequest, request: Request) -> Any:
+async def embed(req: OllamaEmbedRequest, request: Request) -> Any:
     t0 = time.perf_counter_ns()
     texts = req.texts()
     embedder = await get_embedder(request, req.model)
@@ -234,8 +234,8 @@ async def embed(req: P.OllamaEmbedRequest, request: Request) -> Any:
         await _svc(request).manager.keep(req.model, req.keep_alive)
     with _svc(request).admitted():  # embeddings share the admission bound with generations: 429 when full
         vecs = await asyncio.to_thread(embed_texts, embedder, texts)
-    return P.OllamaEmbedResponse(model=req.model, embeddings=vecs, total_duration=time.perf_counter_ns() - t0,
-                                 prompt_eval_count=sum(len(t.split()) for t in texts)).model_dump()
+    return OllamaEmbedResponse(model=req.model, embeddings=vecs, total_duration=time.perf_counter_ns() - t0,
+                               prompt_eval_count=sum(len(t.split()) for t in texts)).model_dump()
 
 
 __all__ = ["router", "UnsupportedParameter"]

@@ -20,6 +20,7 @@ from serve import protocol as P
 from serve.engines.base import EngineError, UnsupportedParameter, Usage
 from serve.ops import error_body
 from serve.service import CLIENT_GONE, Prepared, Service, wait_disconnect
+from serve.wire import Grounded
 
 router = APIRouter()
 
@@ -61,12 +62,9 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> An
     return JSONResponse(dump(out))
 
 
-def dump(obj: Any) -> dict:
-    """Drop unset optional fields, but keep each source's own nulls (e.g. `page: null`)."""
-    d = obj.model_dump(exclude_none=True, exclude={"sources"})
-    if getattr(obj, "sources", None) is not None:
-        d["sources"] = [s.model_dump() for s in obj.sources]
-    return d
+def dump(obj: Grounded) -> dict:
+    """Unset optional fields are left out (a source keeps its own nulls, e.g. `page: null`: wire.SourceOut)."""
+    return obj.model_dump(exclude_none=True)
 
 
 async def _chat_events(svc: Service, prep: Prepared, req: P.ChatCompletionRequest) -> AsyncIterator[dict]:
