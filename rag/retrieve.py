@@ -42,6 +42,7 @@ class Retriever:
         self.hybrid, self.rerank_path = hybrid, rerank
         self.candidates = candidates or max(4 * top_k, 20)
         self._text: tuple[tuple[int, int], str] | None = None  # (BM25 index identity and version, all text)
+        self._stems: tuple[tuple[int, int], set[str]] | None = None  # the same key, the vocabulary's prefixed terms
         self._cross = None
 
     def invalidate(self) -> None:
@@ -86,6 +87,7 @@ class Retriever:
         token occurs in the documents, even as a prefix ("IP" matches "ip55"); pure numbers are not names."""
         bm25 = self.store.bm25()
         vocab = bm25.terms()
+        prefixed = self._prefixed(bm25, vocab)
         missing = []
         for w in salient_words(question):
             if re.fullmatch(r"[A-Z]{2,}s", w):  # a plural acronym: "CPUs" names what "CPU" names
@@ -94,10 +96,18 @@ class Retriever:
             if re.fullmatch(r"[A-Z]{3,6}", w) and _spelled_out(w, self._all_text(bm25)):
                 continue
             for t in bm25_tokens(w):
-                if t.isdigit() or _has_prefix(vocab, t):
-                    continue
+                if t.isdigit() or _has_prefix(vocab, t) or (w.isupper() and t in prefixed):  # "ip55" ~ "IP",
+                    continue  # "vcpu" ~ "CPU"
                 missing.append(t)
         return missing
+
+    def _prefixed(self, bm25, vocab: list[str]) -> set[str]:
+        """Terms with their first letter dropped ("vcpu" -> "cpu", "esim" -> "sim"): a question's acronym "CPU" is
+        the documents' vCPU. Kept once per version of the index."""
+        key = (id(bm25), bm25.version)
+        if self._stems is None or self._stems[0] != key:
+            self._stems = (key, {t[1:] for t in vocab if len(t) >= 4 and t[1:].isalpha()})
+        return self._stems[1]
 
     def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int) -> list[Hit]:
         tokens = bm25_tokens(question)
