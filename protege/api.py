@@ -62,7 +62,13 @@ def build(config: str | Path | AssistantConfig, force: Iterable[str] = (), progr
           overrides: Iterable[str] = (), on_stage: Callable[[str, str], None] | None = None,
           engine: str = "llamacpp") -> "Assistant":
     """What `protege build` does: run the stages whose inputs changed (protege/stages.py decides) and register the
-    assistant. `force`: stage names or "all"; `progress` prints a rule per stage; `.outcomes` holds each stage's."""
+    assistant. `force`: stage names or "all"; `progress` prints a rule per stage. The returned Assistant's `.outcomes`
+    says what became of each stage, in build order, with its typed result (see `Assistant.outcomes`):
+
+        a = protege.build("configs/captain-byte.yaml")
+        train = next(o.result for o in a.outcomes if o.name == "train")   # a TrainResult
+        print(train.best_val_loss, train.headline())
+    """
     from protege.lock import assistant_lock
     from protege.stages import STAGES, build as run_stages
 
@@ -109,7 +115,14 @@ def _load_config(path: str | Path, overrides: Iterable[str] = ()) -> AssistantCo
 class Assistant:
     """A built (or buildable) assistant: answer with it, retrieve from its documents, run its stages.
 
-    The model loads on the first generation and stays loaded until `close()` (or the end of a `with` block)."""
+    The model loads on the first generation and stays loaded until `close()` (or the end of a `with` block).
+
+    `outcomes` (from `protege.build()`, else empty): per stage in build order, a StageOutcome (protege/stages.py) with
+    `name`, `status` (ran, skipped or not-applicable), `seconds`, `note` and `result`, the stage's typed result
+    (protege/stage_results.py: IndexResult, DataResult, TrainResult, EvalResult, ExportResult, AnswersResult,
+    RegisterResult). A result has the headline fields as attributes, the stage's whole report in `.raw` (what
+    build.json records) and `.headline()` (what `protege build` prints); a skipped stage's is read back from
+    build.json, a not-applicable stage's is empty."""
 
     def __init__(self, config: AssistantConfig, paths: AssistantPaths | None = None, *, quant: str | None = None,
                  engine: str | Callable[[Any], Any] = "llamacpp", knowledge: "KnowledgeBase | None" = None):
@@ -118,7 +131,7 @@ class Assistant:
         self.config = config
         self.paths = paths or AssistantPaths.for_name(config.name)
         self.quant = quant
-        self.outcomes: list[StageOutcome] = []
+        self.outcomes: list[StageOutcome] = []  # set by protege.build(): see the class docstring
         self._engine = engine
         self._kb = knowledge
         self._folder_only = False  # from_knowledge: no assistant folder of its own to lock

@@ -2,13 +2,15 @@
 answers -> register, each skipped when its inputs are unchanged. (Not named build.py: `protege.build` is the API call.)
 
 The manifest (build.json) records, per stage, a key hashed from the config sections and input files the stage reads;
-a stage reruns only when that key changed, its outputs are gone, or `--force STAGE` asks. Stage code is imported only
-when a stage really runs, so a build with nothing to do never imports torch.
+a stage reruns only when that key changed, its outputs are gone, or `--force STAGE` asks. Each stage is declared once
+(STAGE_TABLE): what it reads (so its key, and which stages' runs make it rerun), what it writes, its code and its typed
+result. Stage code is imported only when a stage really runs, so a build with nothing to do never imports torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,16 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import BaseModel
+
 from protege.config import AssistantConfig
 from protege.config_file import atomic_write_text, save_resolved
 from protege.hashing import update_file
 from protege.paths import AssistantPaths, read_manifest
+from protege.stage_results import (AnswersResult, DataResult, EvalResult, ExportResult, IndexResult, RegisterResult,
+                                   StageResult, TrainResult)
 
-STAGES = ("index", "data", "train", "eval", "export", "answers", "register")
-# A stage also reruns when a stage it reads from ran in this build (e.g. `--force train` re-exports). The index comes
-# first: grounded training examples (knowledge.train_qa) are rendered with what the real retriever finds.
-DEPENDS_ON = {"data": {"index"}, "train": {"data"}, "eval": {"train"}, "export": {"train"},
-              "answers": {"export", "index"}, "register": {"export", "index"}}
 MANIFEST_VERSION = 1
 
 
@@ -53,10 +54,6 @@ def _hash_obj(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _dump(model) -> Any:
-    return model.model_dump(mode="json") if model is not None else None
-
-
 # Knobs added after assistants were built: left at their default they stay out of the keys, so upgrading protege does
 # not retrain every assistant; set, they count (max_file_mb changes what is indexed, hence the index key).
 _NEW_KNOWLEDGE_KNOBS = ("max_file_mb",)
@@ -73,6 +70,147 @@ def _new_knobs(knowledge) -> list:
     return [[k, getattr(knowledge, k)] for k in _NEW_KNOWLEDGE_KNOBS if k in knowledge.model_fields_set]
 
 
+# --- what each stage reads: the inputs of its key, in order (the order is the hash's: keep it) ---------------------
+
+class Read:
+    """One input of a stage's key."""
+
+    def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
+        """The values it adds to the key (usually one); `keys`: the keys of the stages before."""
+        raise NotImplementedError
+
+    def stages(self, cfg: AssistantConfig) -> set[str]:
+        """The stages whose output it reads: when one of them runs, the reader runs again."""
+        return set()
+
+
+def _at(cfg: AssistantConfig, path: str) -> Any:
+    """The config value at a dotted path ("" is the whole config); None under a section that is not set."""
+    value: Any = cfg
+    for name in filter(None, path.split(".")):
+        if value is None:
+            return None
+        value = getattr(value, name)
+    return value
+
+
+@dataclass(frozen=True)
+class Cfg(Read):
+    """A config section or value, as JSON."""
+
+    path: str
+
+    def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
+        value = _at(cfg, self.path)
+        return [value.model_dump(mode="json") if isinstance(value, BaseModel) else value]
+
+
+@dataclass(frozen=True)
+class Files(Read):
+    """The content of the file(s) or folder a config path names (not set: the hash of nothing)."""
+
+    path: str
+
+    def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
+        value = _at(cfg, self.path)
+        return [hash_paths(value if isinstance(value, list) else [] if value is None else [value])]
+
+
+@dataclass(frozen=True)
+class Key(Read):
+    """What an earlier stage wrote, by its key ("" when it does not apply)."""
+
+    stage: str
+
+    def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
+        return [keys[self.stage]]
+
+    def stages(self, cfg: AssistantConfig) -> set[str]:
+        return {self.stage}
+
+
+@dataclass(frozen=True)
+class Computed(Read):
+    """Values computed from the config (none, one or more)."""
+
+    values: Callable[[AssistantConfig], list[Any]]
+
+    def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
+        return self.values(cfg)
+
+
+@dataclass(frozen=True)
+class When(Read):
+    """Reads hashed together into one input, read only when a config path is set."""
+
+    path: str
+    reads: tuple[Read, ...]
+
+    def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
+        if _at(cfg, self.path) is None:
+            return []
+        return [_hash_obj(*(p for r in self.reads for p in r.parts(cfg, keys)))]
+
+    def stages(self, cfg: AssistantConfig) -> set[str]:
+        return set().union(*(r.stages(cfg) for r in self.reads)) if _at(cfg, self.path) is not None else set()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage, declared: the config it `needs` to apply at all, what its key `reads`, the files it `writes` (gone:
+    it reruns), the code that `run`s it ("module:function", imported only then) and its `result` type."""
+
+    name: str
+    reads: tuple[Read, ...]
+    writes: Callable[[AssistantConfig, AssistantPaths], list[Path]]
+    run: str
+    result: type[StageResult]
+    needs: tuple[str, ...] = ()
+
+    def missing(self, cfg: AssistantConfig) -> str:
+        """The first config path it needs that is not set ("" when the stage applies)."""
+        return next((p for p in self.needs if not _at(cfg, p)), "")
+
+    def key(self, cfg: AssistantConfig, keys: dict[str, str]) -> str:
+        return _hash_obj(self.name, *(p for r in self.reads for p in r.parts(cfg, keys)))
+
+    def depends_on(self, cfg: AssistantConfig) -> set[str]:
+        return set().union(*(r.stages(cfg) for r in self.reads))
+
+
+KNOWLEDGE = Computed(lambda cfg: [_dump_knowledge(cfg.knowledge)])
+# In build order. The index comes first: grounded training examples (knowledge.train_qa) are rendered with what the real
+# retriever finds, so data reads the index, but only then.
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("index", needs=("knowledge.folder",), run="rag.stage:run", result=IndexResult,
+          reads=(Files("knowledge.folder"), Cfg("knowledge.chunk_size"), Cfg("knowledge.chunk_overlap"),
+                 Cfg("knowledge.chroma"), Computed(lambda cfg: [cfg.collection_name(), _chunker_version()]),
+                 Computed(lambda cfg: _new_knobs(cfg.knowledge))),
+          writes=lambda cfg, p: [p.knowledge]),
+    Stage("data", needs=("data.files",), run="builder.data:prepare", result=DataResult,
+          reads=(Cfg("data"), Cfg("persona"), Cfg("base.model"), Files("data.files"),
+                 When("knowledge.train_qa", (Key("index"), Files("knowledge.train_qa"), KNOWLEDGE))),
+          writes=lambda cfg, p: [p.data / "train.jsonl"]),
+    Stage("train", needs=("data.files",), run="builder.train:run", result=TrainResult,
+          reads=(Key("data"), Cfg("train"), Cfg("base.model")),
+          writes=lambda cfg, p: [p.adapter / "adapter_config.json"]),
+    Stage("eval", needs=("data.files",), run="builder.evaluate:run", result=EvalResult,
+          reads=(Key("train"), Cfg("eval"), Cfg("persona.style_markers"), Files("eval.prompts_file")),
+          writes=lambda cfg, p: [p.eval / "eval.json"]),
+    Stage("export", run="export.pipeline:run", result=ExportResult,
+          reads=(Key("train"), Cfg("export"), Cfg("base.model"), Cfg("persona.system_prompt")),
+          writes=lambda cfg, p: [p.gguf_file(cfg.export.default_quant)]),
+    Stage("answers", needs=("knowledge.folder", "knowledge.eval_qa"), run="protege.answer_eval:run",
+          result=AnswersResult, reads=(Key("export"), Key("index"), KNOWLEDGE, Cfg("persona"),
+                                       Files("knowledge.eval_qa")),
+          writes=lambda cfg, p: [p.eval / "answers.json"]),
+    Stage("register", run="protege.stages:register", result=RegisterResult,
+          reads=(Cfg(""), Key("export"), Key("index")), writes=lambda cfg, p: [p.config]),
+)
+STAGE = {s.name: s for s in STAGE_TABLE}
+STAGES = tuple(STAGE)
+
+
 @dataclass
 class StagePlan:
     name: str
@@ -83,46 +221,20 @@ class StagePlan:
 
 
 def plan_stages(cfg: AssistantConfig, paths: AssistantPaths) -> list[StagePlan]:
-    """Compute each stage's key from what it reads. Keys chain: a stage's key includes its inputs' outputs."""
-    has_data = bool(cfg.data.files)
-    knowledge = cfg.knowledge
-    index_key = ""
-    if knowledge is not None and knowledge.folder is not None:
-        index_key = _hash_obj("index", hash_paths([knowledge.folder]), knowledge.chunk_size, knowledge.chunk_overlap,
-                              _dump(knowledge.chroma), cfg.collection_name(), _chunker_version(),
-                              *_new_knobs(knowledge))
-    grounded = ""
-    if knowledge is not None and knowledge.train_qa is not None:  # rendered with the index and the gate
-        grounded = _hash_obj(index_key, hash_paths([knowledge.train_qa]), _dump_knowledge(knowledge))
-    data_key = _hash_obj("data", _dump(cfg.data), _dump(cfg.persona), cfg.base.model, hash_paths(cfg.data.files),
-                         *([grounded] if grounded else [])) if has_data else ""
-    train_key = _hash_obj("train", data_key, _dump(cfg.train), cfg.base.model) if has_data else ""
-    eval_inputs = [cfg.eval.prompts_file] if cfg.eval.prompts_file else []
-    eval_key = _hash_obj("eval", train_key, _dump(cfg.eval), _dump(cfg.persona.style_markers), hash_paths(eval_inputs))
-    export_key = _hash_obj("export", train_key, _dump(cfg.export), cfg.base.model, cfg.persona.system_prompt)
-    answers_key = ""
-    if index_key and knowledge.eval_qa is not None:
-        answers_key = _hash_obj("answers", export_key, index_key, _dump_knowledge(knowledge), _dump(cfg.persona),
-                                hash_paths([knowledge.eval_qa]))
-    register_key = _hash_obj("register", _dump(cfg), export_key, index_key)
-    gguf_default = paths.gguf_file(cfg.export.default_quant)
-    return [
-        StagePlan("index", bool(index_key), index_key, [paths.knowledge], "no knowledge.folder"),
-        StagePlan("data", has_data, data_key, [paths.data / "train.jsonl"], "no data.files"),
-        StagePlan("train", has_data, train_key, [paths.adapter / "adapter_config.json"], "no data.files"),
-        StagePlan("eval", has_data, eval_key, [paths.eval / "eval.json"], "no data.files"),
-        StagePlan("export", True, export_key, [gguf_default]),
-        StagePlan("answers", bool(answers_key), answers_key, [paths.eval / "answers.json"], "no knowledge.eval_qa"),
-        StagePlan("register", True, register_key, [paths.config]),
-    ]
+    """Each stage's key from what it reads (keys chain: a stage's key includes the keys of the stages it reads)."""
+    keys: dict[str, str] = {}
+    plans = []
+    for stage in STAGE_TABLE:
+        missing = stage.missing(cfg)
+        keys[stage.name] = "" if missing else stage.key(cfg, keys)
+        plans.append(StagePlan(stage.name, not missing, keys[stage.name], stage.writes(cfg, paths),
+                               f"no {missing}" if missing else ""))
+    return plans
 
 
 def depends_on(cfg: AssistantConfig, stage: str) -> set[str]:
-    """The stages whose run makes `stage` run again; data reads the index only for grounded examples."""
-    deps = set(DEPENDS_ON.get(stage, ()))
-    if stage == "data" and (cfg.knowledge is None or cfg.knowledge.train_qa is None):
-        deps.discard("index")
-    return deps
+    """The stages whose run makes `stage` run again (e.g. `--force train` re-exports): those whose key it reads."""
+    return STAGE[stage].depends_on(cfg)
 
 
 def _chunker_version() -> str:
@@ -131,27 +243,10 @@ def _chunker_version() -> str:
     return CHUNKER_VERSION
 
 
-def _runner(stage: str) -> Callable[[AssistantConfig, AssistantPaths], dict]:
+def _runner(stage: str) -> Callable[[AssistantConfig, AssistantPaths], Any]:
     """Import a stage's code only when it runs."""
-    if stage == "data":
-        from builder.data import prepare
-        return prepare
-    if stage == "train":
-        from builder.train import run
-        return run
-    if stage == "eval":
-        from builder.evaluate import run
-        return run
-    if stage == "export":
-        from export.pipeline import run
-        return run
-    if stage == "index":
-        from rag.stage import run
-        return run
-    if stage == "answers":
-        from protege.answer_eval import run
-        return run
-    return register
+    module, _, function = STAGE[stage].run.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def register(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
@@ -162,10 +257,14 @@ def register(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
 
 @dataclass
 class StageOutcome:
+    """What became of one stage in a build. `result` is the stage's typed result (protege/stage_results.py, the
+    `result` type of its declaration): what it returned when it ran, what build.json recorded when it was skipped,
+    empty (no fields set) when it does not apply."""
+
     name: str
     status: str  # ran | skipped | not-applicable
     seconds: float = 0.0
-    result: dict = field(default_factory=dict)
+    result: StageResult = field(default_factory=StageResult)
     note: str = ""
 
 
@@ -188,24 +287,27 @@ def _build(cfg: AssistantConfig, paths: AssistantPaths, force: set[str] | None,
     recorded = manifest.get("stages", {}) if manifest.get("version") == MANIFEST_VERSION else {}
     outcomes: list[StageOutcome] = []
     for plan in plan_stages(cfg, paths):
+        result_type = STAGE[plan.name].result
         if not plan.applies:
-            outcomes.append(StageOutcome(plan.name, "not-applicable", note=plan.why_skipped))
+            outcomes.append(StageOutcome(plan.name, "not-applicable", result=result_type(), note=plan.why_skipped))
             continue
         prev = recorded.get(plan.name, {})
         fresh = prev.get("key") == plan.key and all(Path(o).exists() for o in plan.outputs)
         upstream_ran = any(o.status == "ran" for o in outcomes if o.name in depends_on(cfg, plan.name))
         if fresh and plan.name not in force and not upstream_ran:
-            outcomes.append(StageOutcome(plan.name, "skipped", result=prev.get("result", {}), note="unchanged"))
+            outcomes.append(StageOutcome(plan.name, "skipped", result=result_type.from_json(prev.get("result")),
+                                         note="unchanged"))
             continue
         if on_stage:
             on_stage(plan.name, "start")
         t0 = time.perf_counter()
-        result = _runner(plan.name)(cfg, paths) or {}
+        report = _runner(plan.name)(cfg, paths) or {}
         seconds = time.perf_counter() - t0
+        result = result_type.from_json(_jsonable(report.to_json() if isinstance(report, StageResult) else report))
         recorded[plan.name] = {"key": plan.key, "finished_at": _now(), "seconds": round(seconds, 1),
-                               "result": _jsonable(result)}
+                               "result": result.to_json()}
         _write_manifest(paths, recorded)  # after every stage: a crash later keeps what finished
-        outcomes.append(StageOutcome(plan.name, "ran", seconds, recorded[plan.name]["result"]))
+        outcomes.append(StageOutcome(plan.name, "ran", seconds, result))
         if on_stage:
             on_stage(plan.name, "done")
     return outcomes

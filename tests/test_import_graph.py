@@ -68,6 +68,15 @@ def test_the_layers_are_the_ones_named():
     assert _layer("protege.commands.build") == "shell" and _layer("serve.routers.openai") == "shell"
 
 
+def test_declared_stage_code_is_a_stage_or_the_api():
+    """protege/stages.py imports each stage's code by name (STAGE_TABLE `run`), which the import rule above cannot
+    see: the names must be stage entry points (or API modules), never a component or a shell."""
+    from protege.stages import STAGE_TABLE
+
+    wrong = [s.run for s in STAGE_TABLE if _layer(s.run.partition(":")[0]) not in ("stage", "api")]
+    assert not wrong, wrong
+
+
 def test_no_import_circle_between_modules():
     known = _modules()
     graph = {m: _imports(p, known, top_level_only=True) for m, p in known.items()}
