@@ -3,14 +3,14 @@
 Middleware, outermost first: CORS (allowlist) -> request metrics -> API keys -> body limit -> routes. The default
 model loads in the background at startup; /health answers 503 until it is loaded, so orchestrators wait for it. A
 failed load is retried with backoff (1 s doubling to 30 s), and /health turns 200 as soon as a load succeeds, by the
-retry or by a request. An unexpected error is logged with an id; its 500 body carries only that id.
+retry or by a request. An unexpected error is logged with an id; its 500 body carries only that id. Errors take the
+shape of the API their path belongs to (serve/ops.py `error_body`): Ollama's on /api/*, OpenAI's elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from protege.config import ServeConfig, parse_keep_alive
 from serve.engines.base import EngineError
 from serve.metrics import CONTENT_TYPE_LATEST, Metrics
-from serve.ops import Admission, ApiKeyMiddleware, BodyLimitMiddleware, engine_error_response, error_response
+from serve.ops import (Admission, ApiKeyMiddleware, BodyLimitMiddleware, crash_message, engine_error_response,
+                       error_response)
 from serve.registry import Registry
 from serve.service import EngineFactory, KnowledgeFactory, ModelManager, Service
 
@@ -94,7 +95,7 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, e: EngineError) -> JSONResponse:
         metrics.errors.labels(e.code).inc()
-        return engine_error_response(e)
+        return engine_error_response(e, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -109,22 +110,20 @@ def create_app(registry: Registry, engine_factory: EngineFactory, serve_cfg: Ser
             text = str(first.get("msg")).removeprefix("Value error, ")
             msg = f"{'.'.join(loc) or 'body'}: {text}" + (f" ({len(errs) - 1} more)" if len(errs) > 1 else "")
         metrics.errors.labels("invalid_request_error").inc()
-        return error_response(400, msg, "invalid_request_error", param=".".join(loc) or None)
+        return error_response(400, msg, "invalid_request_error", param=".".join(loc) or None, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "invalid_request_error")
         metrics.errors.labels(code).inc()
         msg = f"Unknown route {request.method} {request.url.path}." if e.status_code in (404, 405) else str(e.detail)
-        return error_response(e.status_code, msg, code)
+        return error_response(e.status_code, msg, code, path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex[:12]  # the body names the id only: exception text may hold paths
-        log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=e)
+        message = crash_message(e, f"{request.method} {request.url.path}")
         metrics.errors.labels("server_error").inc()
-        return error_response(500, f"Internal server error (id {error_id}); the server log has the details.",
-                              "server_error", "server_error")
+        return error_response(500, message, "server_error", "server_error", path=request.url.path)
 
     @app.get("/health")
     async def health() -> JSONResponse:

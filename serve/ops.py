@@ -1,4 +1,4 @@
-"""Operations: OpenAI-shaped errors, API keys, request body limit, bounded admission (429 + Retry-After).
+"""Operations: errors in each API's shape, API keys, request body limit, bounded admission (429 + Retry-After).
 
 The auth and body-limit layers are plain ASGI middleware so they cover every route — Ollama's too, unlike servers that
 protect only /v1 — and run before any body is parsed.
@@ -8,13 +8,18 @@ an assistant's `serve.api_keys` open that assistant's models. When any key exist
 needs a valid key; a request that names a model of an assistant with keys of its own needs one of those keys or a
 server key (a key of assistant A never opens B's models: 403). Keys are kept and compared as SHA-256 digests in
 constant time, and a config may hold `sha256:<hex>` digests instead of keys (the edge bundle ships only those).
+
+Errors take the shape of the API their path belongs to (`error_body(..., path)`): Ollama's `{"error": "<message>"}`
+on /api/* (Ollama's clients read that string), OpenAI's `{"error": {"message", "type", "param", "code"}}` elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -27,22 +32,43 @@ from serve.engines.base import EngineError, QueueFull
 from serve.wire import printable
 
 OPEN_PATHS = {"/health"}
+OLLAMA_PREFIX = "/api/"  # Ollama's API; every other route speaks OpenAI's (errors included)
+
+log = logging.getLogger("protege.serve")
 
 
-def error_body(message: str, code: str, type_: str = "invalid_request_error", param: str | None = None) -> dict:
-    """OpenAI's error shape (Ollama clients read its `error` too); text is made safe to encode as UTF-8."""
+def ollama_error_body(message: str, code: str, param: str | None = None) -> dict:
+    """Ollama's error shape, `{"error": "<message>"}`, plus OpenAI's `code` and `param` beside it (keys Ollama clients
+    ignore) so a program can tell errors apart without parsing the message."""
+    return {"error": printable(message), "code": code, "param": printable(param) if param else param}
+
+
+def error_body(message: str, code: str, type_: str = "invalid_request_error", param: str | None = None,
+               path: str = "") -> dict:
+    """The error shape of the API `path` belongs to (Ollama's on /api/*, else OpenAI's); text is made safe to encode
+    as UTF-8."""
+    if path.startswith(OLLAMA_PREFIX):
+        return ollama_error_body(message, code, param)
     return {"error": {"message": printable(message), "type": type_, "param": printable(param) if param else param,
                       "code": code}}
 
 
 def error_response(status: int, message: str, code: str, type_: str = "invalid_request_error",
-                   param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, code, type_, param), status_code=status, headers=headers)
+                   param: str | None = None, headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    return JSONResponse(error_body(message, code, type_, param, path), status_code=status, headers=headers)
 
 
-def engine_error_response(e: EngineError) -> JSONResponse:
+def engine_error_response(e: EngineError, path: str = "") -> JSONResponse:
     headers = {"Retry-After": "1"} if isinstance(e, QueueFull) else None
-    return error_response(e.status, str(e), e.code, e.type, e.param, headers)
+    return error_response(e.status, str(e), e.code, e.type, e.param, headers, path)
+
+
+def crash_message(e: BaseException, where: str) -> str:
+    """Log an unexpected error under a fresh id; the client's message names only that id (exception text may hold
+    paths)."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unhandled error %s on %s", error_id, where, exc_info=e)
+    return f"Internal server error (id {error_id}); the server log has the details."
 
 
 async def _send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -135,7 +161,7 @@ class ApiKeyMiddleware:
         if grant is None:
             return await _send_json(send, 401, error_body(
                 "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", "invalid_api_key",
-                "authentication_error"), [(b"www-authenticate", b"Bearer")])
+                "authentication_error", path=scope["path"]), [(b"www-authenticate", b"Bearer")])
         reset = current_grant.set(grant)
         try:
             await self.app(scope, receive, send)
@@ -159,7 +185,7 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_json(send, 413, self._body())
+            return await _send_json(send, 413, self._body(scope["path"]))
         chunks: list[bytes] = []
         seen = 0
         while True:
@@ -169,7 +195,7 @@ class BodyLimitMiddleware:
             body = msg.get("body", b"")
             seen += len(body)
             if seen > self.max_bytes:
-                return await _send_json(send, 413, self._body())
+                return await _send_json(send, 413, self._body(scope["path"]))
             chunks.append(body)
             if not msg.get("more_body", False):
                 break
@@ -184,8 +210,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _body(self) -> dict[str, Any]:
-        return error_body(f"Request body is larger than the limit of {self.max_bytes} bytes.", "request_too_large")
+    def _body(self, path: str) -> dict[str, Any]:
+        return error_body(f"Request body is larger than the limit of {self.max_bytes} bytes.", "request_too_large",
+                          path=path)
 
 
 class Admission:

@@ -1,9 +1,11 @@
 """Ollama API wire types (pure pydantic); the OpenAI API's are in serve/protocol.py, what both share in serve/wire.py.
 
-The /api/chat and /api/generate requests translate themselves into `GenParams` (`to_gen_params()`), like OpenAI's.
-Their answers are `OllamaLine`s: every line of a stream has the text, the last one also `done_reason`, the timings
-(nanoseconds, like Ollama) and Protégé's RAG extras. tests/test_serve_ollama_client.py checks these shapes against
-the official `ollama` client's own response models.
+The /api/chat and /api/generate requests translate themselves into `GenParams` (`to_gen_params()`), like OpenAI's:
+what they ask that the engine cannot do (`think`, `images`, `tools`, ...) is flagged there, so it is a 400, never
+silently ignored; `logprobs` (and `top_logprobs`) are honoured. Their answers are `OllamaLine`s: every line of a
+stream has the text (and its `logprobs`), the last one also `done_reason`, the timings (nanoseconds, like Ollama) and
+Protégé's RAG extras. tests/test_serve_ollama_client.py checks these shapes against the official `ollama` client's
+own response models.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from serve.params import GenParams, flags
 from serve.wire import Bool, EmbedRequest, Float, Grounded, Int, Lenient, Out, Request, check_stops
@@ -75,6 +77,21 @@ class _Generation(Request):
             raise ValueError(f"must be 'json' or a JSON schema object, got {v!r}")
         return v
 
+    @field_validator("top_logprobs", check_fields=False)
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v and not info.data.get("logprobs"):  # else it would be ignored (the rule: refuse, never ignore)
+            raise ValueError("needs logprobs: true")
+        return v
+
+    def gen_params(self) -> GenParams:
+        """What chat and generate share: the options, `format`, `logprobs`, and `think` (only flagged: the engines here
+        do not reason aloud, so asking them to is refused)."""
+        p = self.options_or_default().to_gen_params(getattr(self, "model"), getattr(self, "format", None))
+        p.logprobs, p.top_logprobs = bool(getattr(self, "logprobs", None)), getattr(self, "top_logprobs", None) or 0
+        p.features |= flags(think=getattr(self, "think", None))
+        return p
+
     def options_or_default(self) -> OllamaOptions:
         return getattr(self, "options", None) or OllamaOptions()
 
@@ -94,12 +111,15 @@ class OllamaChatRequest(_Generation):
     options: OllamaOptions | None = None
     keep_alive: str | int | None = None
     think: bool | str | None = None
+    tools: list[dict[str, Any]] | None = None
+    logprobs: Bool | None = None
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
 
     def to_gen_params(self) -> GenParams:
-        """`images` and `think` are only flagged: the engines here are text-only and do not reason aloud."""
-        p = self.options_or_default().to_gen_params(self.model, self.format)
+        """`images` and `tools` are only flagged: the engines here are text-only and call no tools."""
+        p = self.gen_params()
         p.messages = [{"role": m.role, "content": m.content} for m in self.messages]
-        p.features |= flags(images=any(m.images for m in self.messages), think=self.think)
+        p.features |= flags(images=any(m.images for m in self.messages), tools=self.tools)
         return p
 
 
@@ -115,11 +135,14 @@ class OllamaGenerateRequest(_Generation):
     options: OllamaOptions | None = None
     images: list[str] | None = None
     keep_alive: str | int | None = None
+    think: bool | str | None = None
+    logprobs: Bool | None = None
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
 
     def to_gen_params(self) -> GenParams:
         """`raw`: the prompt as is (no template, no persona); else a user turn under `system`. `images`, `suffix` and
         the old token `context` (an extra field: not kept server-side) are only flagged, so they are refused."""
-        p = self.options_or_default().to_gen_params(self.model, self.format)
+        p = self.gen_params()
         if self.raw:
             p.prompt = self.prompt
         else:
@@ -133,13 +156,25 @@ class OllamaGenerateRequest(_Generation):
         return False if self.raw else super().rag_choice()
 
 
+class OllamaTokenLogprob(Out):
+    token: str
+    logprob: float
+
+
+class OllamaLogprob(OllamaTokenLogprob):
+    """A generated token, and with `top_logprobs` > 0 the most likely tokens at its place (Ollama leaves them out
+    otherwise)."""
+
+    top_logprobs: list[OllamaTokenLogprob] | None = None
+
+
 class OllamaLine(Grounded):
     """A line of /api/chat or /api/generate. Only the final line (or the one non-streaming answer) sets `done_reason`
     and the timings; routers dump with `exclude_none`, so the other lines carry just the text, as Ollama's do. The
     `trailing` fields are dumped after the subclass's text (`message` or `response`), in Ollama's order."""
 
     trailing = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
-                "prompt_eval_duration", "eval_count", "eval_duration", *Grounded.trailing)
+                "prompt_eval_duration", "eval_count", "eval_duration", "logprobs", *Grounded.trailing)
 
     model: str
     created_at: str = Field(default_factory=iso_time)
@@ -151,6 +186,7 @@ class OllamaLine(Grounded):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+    logprobs: list[OllamaLogprob] | None = None  # asked for with `logprobs`: the tokens of this line's text
 
 
 class OllamaChatResponse(OllamaLine):
@@ -193,6 +229,7 @@ class OllamaTags(Out):
 
 
 class OllamaRunning(OllamaModel):
+    modified_at: str = Field("", exclude=True)  # Ollama's /api/ps has no modified_at
     expires_at: str = ""
     size_vram: int = 0
     context_length: int = 0

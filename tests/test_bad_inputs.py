@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.net import protege_serve
-from tests.test_serve_routes import Env
+from tests.test_serve_routes import Env, assert_error
 
 REPO = Path(__file__).resolve().parent.parent
 M = "minimal"
@@ -188,13 +188,10 @@ def send(client, route: str, body, headers: dict | None = None):
 
 
 def assert_api_error(r, status: int, code: str | None) -> None:
+    """The error in its API's shape (Ollama's on /api/*, OpenAI's elsewhere: test_serve_routes.assert_error)."""
     assert r.status_code == status, r.text[:500]
     assert r.headers["content-type"].startswith("application/json"), r.headers["content-type"]
-    err = r.json()["error"]
-    assert isinstance(err["message"], str) and err["message"] and isinstance(err["type"], str)
-    assert isinstance(err["code"], str) and "param" in err
-    if code:
-        assert err["code"] == code, err
+    assert_error(r, status, code)
 
 
 @pytest.fixture(scope="module")

@@ -115,18 +115,65 @@ def test_rag_answers_and_errors(client):
     refused = list(client.chat(model="kbot", messages=[{"role": "user", "content": "something unknown"}],
                                stream=True))
     assert "".join(p.message.content for p in refused) == FakeKB.refusal and refused[-1].done_reason == "stop"
-    for call in (lambda: client.chat(model="llama3", messages=USER), lambda: client.show("llama3"),
-                 lambda: client.generate(model="minimal", prompt="x", suffix="s")):
+    for call, status, needle in (
+            (lambda: client.chat(model="llama3", messages=USER), 404, "llama3"),
+            (lambda: list(client.chat(model="llama3", messages=USER, stream=True)), 404, "llama3"),
+            (lambda: client.show("llama3"), 404, "llama3"),
+            (lambda: client.generate(model="minimal", prompt="x", suffix="s"), 400, "'suffix'"),
+            (lambda: list(client.generate(model="minimal", prompt="x", think=True, stream=True)), 400, "'think'"),
+            (lambda: client.generate(model="minimal", prompt="x", top_logprobs=2), 400, "top_logprobs"),
+            (lambda: client.chat(model="minimal", messages=USER, tools=[{"type": "function", "function": {
+                "name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}]), 400,
+             "'tools'")):
         with pytest.raises(ollama.ResponseError) as e:
             call()
-        assert e.value.status_code in (400, 404)
-        assert e.value.error["code"] in ("model_not_found", "unsupported_parameter")  # OpenAI's error shape
+        assert e.value.status_code == status and isinstance(e.value.error, str), e.value  # Ollama's error shape
+        assert needle in e.value.error, e.value.error
+
+
+@pytest.mark.parametrize("fail", [None, RuntimeError("/very/secret/path: kaboom")])
+def test_a_stream_failing_part_way_ends_in_an_error_line(tmp_path, fail):
+    """Ollama ends a broken stream with an `{"error": "..."}` line (the 200 is already sent): its client raises
+    ResponseError there. An unexpected error's line names only the id it is logged under."""
+    env = Env(tmp_path)
+    env.engine_kwargs = {"fail_after": 2, "fail": fail}
+    with app_server(env.app()) as base:
+        client = ollama.Client(host=base, timeout=30)
+        for call in (lambda: client.chat(model="minimal", messages=USER, stream=True),
+                     lambda: client.generate(model="minimal", prompt="a b c", stream=True)):
+            got = []
+            with pytest.raises(ollama.ResponseError) as e:
+                got.extend(call())
+            assert len(got) == 2 and isinstance(e.value.error, str), (got, e.value)
+            if fail is None:
+                assert "stopped in the middle" in e.value.error
+            else:
+                assert "Internal server error (id " in e.value.error and "secret" not in e.value.error
+        lines = httpx.post(base + "/api/chat", json={"model": "minimal", "messages": USER}, timeout=30).text
+        last = json.loads(lines.splitlines()[-1])
+        assert set(last) == {"error", "code", "param"} and last["code"] in ("model_not_loaded", "server_error")
+        with pytest.raises(ollama.ResponseError) as e:  # not streaming: the error status, before any answer
+            client.chat(model="minimal", messages=USER)
+        assert e.value.status_code == (503 if fail is None else 500) and isinstance(e.value.error, str)
+
+
+def test_logprobs(client):
+    """Ollama's `logprobs`: each line's tokens (the whole answer when not streaming), `top_logprobs` only when asked."""
+    r = client.chat(model="minimal", messages=USER, logprobs=True)
+    assert [(lp.token, lp.logprob, lp.top_logprobs) for lp in r.logprobs] == [
+        (w, -0.5, None) for w in ("Echo:", " hello", " there", " friend")]
+    parts = list(client.generate(model="minimal", prompt="a b", logprobs=True, top_logprobs=3, stream=True))
+    assert [[lp.token for lp in p.logprobs] for p in parts[:-1]] == [["Echo:"], [" a"], [" b"]]
+    assert parts[-1].done and parts[-1].logprobs is None
+    assert [t.token for t in parts[1].logprobs[0].top_logprobs] == [" a"]  # the fake engine knows one alternative
+    assert client.chat(model="minimal", messages=USER).logprobs is None
+    assert client.generate(model="minimal", prompt="a", logprobs=False, top_logprobs=0).logprobs is None
 
 
 def test_every_field_we_send_is_known_to_the_client(server):
     """The raw JSON, key by key, against the client's models: Ollama's own server also sends `name` (tags, ps) and
-    `system` (show), which this client does not model; the RAG extras are ours, and so is `modified_at` on /api/ps
-    (a running model is a listed model plus its expiry)."""
+    `system` (show), which this client does not model; the RAG extras are ours. /api/ps has no `modified_at`, as in
+    Ollama (its running model is not a listed model)."""
     base = server[0]
 
     def post(path: str, body: dict[str, Any]) -> httpx.Response:
@@ -139,12 +186,21 @@ def test_every_field_we_send_is_known_to_the_client(server):
     assert RAG <= set(lines[-1]) and not RAG & set(lines[0])
     gen = post("/api/generate", {"model": "minimal", "prompt": "hi", "stream": False}).json()
     assert_fields(gen, T.GenerateResponse)
+    lp = post("/api/chat", {"model": "minimal", "messages": USER, "stream": False, "logprobs": True,
+                            "top_logprobs": 1}).json()
+    assert_fields(lp, T.ChatResponse)
+    for x in lp["logprobs"]:
+        assert_fields(x, T.Logprob)
+        assert_fields(x["top_logprobs"][0], T.TokenLogprob)
     tags = httpx.get(base + "/api/tags").json()
     assert_fields(tags, T.ListResponse)
     for m in tags["models"]:
         assert_fields(m, T.ListResponse.Model, {"name"})
         assert_fields(m["details"], T.ModelDetails)
-    for p in httpx.get(base + "/api/ps").json()["models"]:
-        assert_fields(p, T.ProcessResponse.Model, {"name", "modified_at"})
+    running = httpx.get(base + "/api/ps").json()["models"]
+    assert running
+    for p in running:
+        assert_fields(p, T.ProcessResponse.Model, {"name"})
+        assert "modified_at" not in p
     assert_fields(post("/api/show", {"model": "minimal"}).json(), T.ShowResponse, {"system"})
     assert_fields(post("/api/embed", {"model": "minimal", "input": "a"}).json(), T.EmbedResponse)

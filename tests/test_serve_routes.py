@@ -87,11 +87,21 @@ def sse(text: str) -> list[str]:
     return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
 
 
-def assert_error(r, status: int, code: str):
+def assert_error(r, status: int, code: str | None) -> dict:
+    """`r` is the error `status`/`code` in its API's shape: Ollama's `{"error": "<message>"}` (plus `code` and
+    `param`) on /api/*, OpenAI's `{"error": {...}}` elsewhere (`code` None: any). Returns it as OpenAI's fields
+    (message, code, param)."""
     assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == code and isinstance(err["message"], str) and err["message"]
-    assert set(err) >= {"message", "type", "param", "code"}
+    body = r.json()
+    if r.request.url.path.startswith("/api/"):
+        assert isinstance(body["error"], str) and set(body) == {"error", "code", "param"}, body
+        err = {"message": body["error"], "code": body["code"], "param": body["param"]}
+    else:
+        err = body["error"]
+        assert set(err) >= {"message", "type", "param", "code"} and isinstance(err["type"], str)
+    assert isinstance(err["code"], str) and code in (None, err["code"]), err
+    assert isinstance(err["message"], str) and err["message"]
+    return err
 
 
 # ----------------------------------------------------------------------------------------------------- OpenAI
@@ -226,10 +236,9 @@ def test_the_400_names_the_capability_the_engine_lacks(env):
     ]
     with TestClient(env.app()) as c:
         for path, body, param in cases:
-            r = c.post(path, json={"model": "minimal", **body})
-            assert_error(r, 400, "unsupported_parameter")
-            assert r.json()["error"]["param"] == param, (path, body, r.text)
-            assert f"'{param}'" in r.json()["error"]["message"] and "fake engine" in r.json()["error"]["message"]
+            err = assert_error(c.post(path, json={"model": "minimal", **body}), 400, "unsupported_parameter")
+            assert err["param"] == param, (path, body, err)
+            assert f"'{param}'" in err["message"] and "fake engine" in err["message"]
         # the neutral values ask nothing: Ollama's repeat_penalty 1 (off), top_k 0, one choice
         ok = c.post(ochat, json={"model": "minimal", "messages": USER, "stream": False,
                                  "options": {"repeat_penalty": 1.0, "top_k": 0}})
@@ -250,7 +259,7 @@ def test_a_request_tokenizes_its_prompt_once(env):
         assert r.json()["prompt_eval_count"] == 2 and tokenized() == env.calls == 3
 
 
-def test_malformed_requests_are_400_in_openai_shape(client):
+def test_malformed_requests_are_400_in_their_api_s_shape(client):
     bad = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert_error(bad, 400, "invalid_request_error")
     assert_error(client.post("/v1/chat/completions", json={"model": "minimal"}), 400, "invalid_request_error")
@@ -259,8 +268,11 @@ def test_malformed_requests_are_400_in_openai_shape(client):
     assert r.json()["error"]["param"] == "temperature"
     assert_error(client.post("/v1/chat/completions", json={"model": "minimal", "messages": []}), 400,
                  "invalid_request_error")
-    assert_error(client.post("/api/chat", json={"messages": USER}), 400, "invalid_request_error")
+    assert assert_error(client.post("/api/chat", json={"messages": USER}), 400, "invalid_request_error")["param"] \
+        == "model"
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(client.get("/api/nothing-here"), 404, "not_found")
+    assert_error(client.get("/api/chat"), 405, "method_not_allowed")
     assert client.get("/health").status_code == 200  # the server stays up
 
 
@@ -378,8 +390,15 @@ def test_ollama_generate(client):
     assert load["done"] is True and load["done_reason"] == "load"
     assert_error(client.post("/api/generate", json={"model": "minimal", "prompt": "x", "context": [1, 2]}), 400,
                  "unsupported_parameter")
-    assert_error(client.post("/api/chat", json={"model": "minimal", "messages": USER, "think": True}), 400,
-                 "unsupported_parameter")
+    for path, body in (("/api/chat", {"messages": USER}), ("/api/generate", {"prompt": "x"})):
+        for think in (True, "high"):
+            err = assert_error(client.post(path, json={"model": "minimal", **body, "think": think}), 400,
+                               "unsupported_parameter")
+            assert err["param"] == "think" and "'think'" in err["message"]
+        assert client.post(path, json={"model": "minimal", **body, "think": False, "stream": False}).status_code == 200
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert assert_error(client.post("/api/chat", json={"model": "minimal", "messages": USER, "tools": tools}), 400,
+                        "unsupported_parameter")["param"] == "tools"
     fmt = client.post("/api/generate", json={"model": "minimal", "prompt": "x", "format": "json", "stream": False})
     assert json.loads(fmt.json()["response"]) == {"echo": "x"}
 
@@ -464,9 +483,9 @@ def test_cors_allowlist(tmp_path):
 def test_body_limit(tmp_path):
     env = Env(tmp_path, max_body_bytes=500)
     with TestClient(env.app()) as c:
-        r = c.post("/v1/chat/completions", json={"model": "minimal", "messages": [{"role": "user",
-                                                                                  "content": "x" * 1000}]})
-        assert_error(r, 413, "request_too_large")
+        big = {"model": "minimal", "messages": [{"role": "user", "content": "x" * 1000}]}
+        assert_error(c.post("/v1/chat/completions", json=big), 413, "request_too_large")
+        assert_error(c.post("/api/chat", json=big), 413, "request_too_large")  # Ollama's shape on /api
         assert c.post("/v1/chat/completions", json={"model": "minimal", "messages": USER}).status_code == 200
 
 

@@ -35,7 +35,8 @@ def fetch_ps(url: str, api_key: str | None, timeout: float = 10.0) -> list[dict]
             return json.loads(r.read())["models"]
     except urllib.error.HTTPError as e:
         try:
-            msg = json.loads(e.read())["error"]["message"]
+            err = json.loads(e.read())["error"]  # Ollama's shape on /api: {"error": "<message>"}
+            msg = err if isinstance(err, str) else err["message"]
         except Exception:  # noqa: BLE001 - not our server's error shape
             msg = e.reason
         raise ProtegeError(f"{url}/api/ps answered {e.code}: {msg}") from None

@@ -2,6 +2,7 @@
 
 Tokens are whitespace words (plus 3 per message for the template), so tests can compute exact usage and provoke
 `context_length_exceeded` with small inputs. It counts calls, which lets tests prove a RAG refusal never reached it.
+`fail_after=k` makes it fail after k tokens (`fail`, else an EngineUnavailable): an engine dying mid-answer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from serve.engines.base import BaseEngine, GenDelta, GenParams, TokenLogprob, Usage
+from serve.engines.base import BaseEngine, EngineUnavailable, GenDelta, GenParams, TokenLogprob, Usage
 from serve.params import CAPABILITIES
 
 
@@ -20,12 +21,14 @@ class FakeEngine(BaseEngine):
     capabilities = frozenset(CAPABILITIES) - {"images", "tools", "think", "context", "suffix", "echo"}
 
     def __init__(self, model_ids: list[str] | None = None, context_length: int = 256,
-                 unsupported: set[str] | None = None, delay: float = 0.0, load_delay: float = 0.0):
+                 unsupported: set[str] | None = None, delay: float = 0.0, load_delay: float = 0.0,
+                 fail_after: int | None = None, fail: Exception | None = None):
         """`unsupported`: capabilities this instance lacks too (route tests of the 400)."""
         super().__init__(model_ids, context_length)
         self.capabilities = type(self).capabilities - set(unsupported or ())
         self.delay = delay
         self.load_delay = load_delay
+        self.fail_after, self.fail = fail_after, fail
         self.tokenized = 0  # prompt tokenizations: tests check a request tokenizes its prompt once
         self.calls = 0
         self.last_params = None  # what the last call was sent (tests check the grounded prompt)
@@ -71,6 +74,8 @@ class FakeEngine(BaseEngine):
             for i in range(params.n):
                 text_so_far = ""
                 for k, w in enumerate(words):
+                    if k == self.fail_after:
+                        raise self.fail or EngineUnavailable("The engine stopped in the middle of an answer.")
                     if k >= limit:
                         yield GenDelta("", i, "length")
                         break

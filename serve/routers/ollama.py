@@ -1,8 +1,10 @@
 """Ollama API: /, /api/version, /api/tags, /api/show, /api/ps, /api/chat, /api/generate, /api/embed.
 
 Streaming is NDJSON; the last line has `done: true`, the timing fields Ollama clients read (nanoseconds) and, for RAG
-assistants, `sources` and `confidence`. `options.rag: false` turns retrieval off. Errors use OpenAI's shape (its
-`error` key is where Ollama clients look, too).
+assistants, `sources` and `confidence`. `options.rag: false` turns retrieval off. With `logprobs`, each line carries
+the logprobs of its own tokens (the one non-streaming answer: all of them). Errors are Ollama's `{"error": "<message>"}`
+(serve/ops.py `ollama_error_body`, app.py's handlers): the body of an error status before a stream starts, or a line of
+the stream when it fails part-way (Ollama's clients raise ResponseError on either).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 
 from protege.hashing import cached_file_sha256
-from serve.engines.base import EngineError, UnsupportedParameter, Usage
+from serve.engines.base import EngineError, TokenLogprob, UnsupportedParameter, Usage
 from serve.gguf_meta import GGUFMeta, read_meta
-from serve.ops import error_body
+from serve.ops import crash_message, ollama_error_body
 from serve.protocol_ollama import (OllamaChatRequest, OllamaChatResponse, OllamaDetails, OllamaEmbedRequest,
                                    OllamaEmbedResponse, OllamaGenerateRequest, OllamaGenerateResponse, OllamaLine,
-                                   OllamaMessage, OllamaModel, OllamaPs, OllamaRunning, OllamaShowRequest,
-                                   OllamaShowResponse, OllamaTags, OllamaVersion, iso_time)
+                                   OllamaLogprob, OllamaMessage, OllamaModel, OllamaPs, OllamaRunning,
+                                   OllamaShowRequest, OllamaShowResponse, OllamaTags, OllamaTokenLogprob, OllamaVersion,
+                                   iso_time)
 from serve.routers.openai import embed_texts, get_embedder
 from serve.models import keep_alive_seconds
 from serve.service import CLIENT_GONE, Prepared, Service, wait_disconnect
@@ -155,9 +158,7 @@ async def chat(req: OllamaChatRequest, request: Request) -> Any:
 
     if not req.messages:  # Ollama: an empty chat loads the model (or unloads it, with keep_alive 0)
         return _wire(line(done=True, done_reason=await _load_call(svc, req.model, req.keep_alive)))
-    prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
-                             keep_alive=req.keep_alive)
-    return await _respond(svc, prep, req.stream, t0, line, request)
+    return await _answer(svc, req, t0, line, request)
 
 
 @router.post("/api/generate")
@@ -169,9 +170,7 @@ async def generate(req: OllamaGenerateRequest, request: Request) -> Any:
 
     if not req.prompt:  # Ollama: an empty prompt loads the model (or unloads it, with keep_alive 0)
         return _wire(line(done=True, done_reason=await _load_call(svc, req.model, req.keep_alive)))
-    prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
-                             keep_alive=req.keep_alive)
-    return await _respond(svc, prep, req.stream, t0, line, request)
+    return await _answer(svc, req, t0, line, request)
 
 
 async def _load_call(svc: Service, model: str, keep_alive: Any) -> str:
@@ -184,8 +183,12 @@ async def _load_call(svc: Service, model: str, keep_alive: Any) -> str:
     return "load"
 
 
-async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line: Line, request: Request) -> Any:
-    if not stream:
+async def _answer(svc: Service, req: OllamaChatRequest | OllamaGenerateRequest, t0: int, line: Line,
+                  request: Request) -> Any:
+    prep = await svc.prepare(req.to_gen_params(), rag=req.rag_choice(), ctx_limit=req.ctx_limit(),
+                             keep_alive=req.keep_alive)
+    if not req.stream:
+        lps = None
         if prep.refusal is not None:
             usage, text, reason = Usage(), prep.refusal, "stop"
         else:
@@ -193,25 +196,39 @@ async def _respond(svc: Service, prep: Prepared, stream: bool, t0: int, line: Li
             res = await svc.collect(prep, usage, lambda: wait_disconnect(request.receive))
             if res is None:
                 return Response(status_code=CLIENT_GONE)
-            text, reason = res.texts[0], res.finish_reasons[0]
-        return JSONResponse(_wire(line(text, done=True, **_timings(usage, t0, reason), **prep.rag_fields())))
+            text, reason, lps = res.texts[0], res.finish_reasons[0], res.logprobs and res.logprobs[0]
+        return JSONResponse(_wire(line(text, done=True, **_logprobs(lps, prep), **_timings(usage, t0, reason),
+                                       **prep.rag_fields())))
     return StreamingResponse(_ndjson(svc, prep, t0, line), media_type="application/x-ndjson",
                              background=BackgroundTask(prep.release))
 
 
+def _logprobs(lps: list[TokenLogprob] | None, prep: Prepared) -> dict[str, Any]:
+    """`logprobs=` for a line (nothing when none were asked for or made); `top_logprobs` as many as asked."""
+    if not lps:
+        return {}
+    top = prep.params.top_logprobs
+    return {"logprobs": [OllamaLogprob(token=t.token, logprob=t.logprob, top_logprobs=[
+        OllamaTokenLogprob(token=a, logprob=b) for a, b in t.top[:top]] if top else None) for t in lps]}
+
+
 async def _ndjson(svc: Service, prep: Prepared, t0: int, line: Line) -> AsyncIterator[bytes]:
+    """The answer's lines; a failure part-way ends the stream with an error line (the status is already sent)."""
     usage, reason = Usage(), "stop"
     try:
         if prep.refusal is not None:
             yield _enc(_wire(line(prep.refusal)))
         else:
             async for d in svc.stream(prep, usage):
-                if d.text:
-                    yield _enc(_wire(line(d.text)))
+                if d.text or d.logprobs:
+                    yield _enc(_wire(line(d.text, **_logprobs(d.logprobs, prep))))
                 if d.finish_reason:
                     reason = d.finish_reason
     except EngineError as e:
-        yield _enc(error_body(str(e), e.code, e.type, e.param))
+        yield _enc(ollama_error_body(str(e), e.code, e.param))
+        return
+    except Exception as e:  # noqa: BLE001 - logged with an id; the client gets the id, as from app.py's 500s
+        yield _enc(ollama_error_body(crash_message(e, f"a stream of {prep.spec.id}"), "server_error"))
         return
     yield _enc(_wire(line(done=True, **_timings(usage, t0, reason), **prep.rag_fields())))
 
