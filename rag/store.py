@@ -12,6 +12,7 @@ Chroma server it is kept in memory only (rebuilt once per process)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from typing import Iterator
 from protege.errors import ProtegeError, require
 from rag.bm25_index import Bm25Index
 
+log = logging.getLogger(__name__)
+
 # Set on new collections; Chroma's defaults (the collections made before) are M=16, construction_ef=100,
-# search_ef=100. bench/rag_latency.py at 100k synthetic chunks: recall@4 of the dense top-4 against an exact search
+# search_ef=100 (an old collection's search_ef is raised when it is opened: _raise_search_ef). bench/rag_latency.py at 100k synthetic chunks: recall@4 of the dense top-4 against an exact search
 # 0.38 with the defaults; with M=24 it is 0.89 / 0.93 / 0.96 / 0.99 at search_ef 600 / 1000 / 1500 / 2500, for a
 # Chroma query of about 11 / 13 / 15 / 19 ms (M=16 needs a larger search_ef for the same recall, M only changed the
 # add rate within the noise: Chroma's own SQLite writes, not HNSW, bound it). batch_size and sync_threshold stay
@@ -73,6 +76,7 @@ class Store:
                                                        embedding_function=None)
         except Exception as e:
             raise ProtegeError(f"Chroma collection {collection!r}: {e}") from None
+        _raise_search_ef(self.col)
         self.writes = 0
         self._bm25: Bm25Index | None = None
         self._bm25_lock = threading.RLock()
@@ -191,6 +195,19 @@ class Store:
         for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]):
             out.append(Hit(i, d or "", dict(m or {}), min(1.0, max(0.0, 1.0 - float(dist)))))
         return out
+
+
+def _raise_search_ef(col) -> None:
+    """A collection made before HNSW_PARAMS (Chroma's search_ef 100: recall@4 0.38 at 100k chunks) gets this tree's
+    search_ef: of the HNSW settings only the search-time ones can change after creation (M and construction_ef stay
+    until the knowledge is re-indexed from scratch). Chroma versions without `configuration` are left as they are."""
+    want = HNSW_PARAMS["hnsw:search_ef"]
+    try:
+        hnsw = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
+        if isinstance(hnsw.get("ef_search"), int) and hnsw["ef_search"] < want:
+            col.modify(configuration={"hnsw": {"ef_search": want}})
+    except Exception as e:  # a read-only or older server: the collection still works, only slower to recall
+        log.warning("could not raise search_ef of Chroma collection %r to %d: %s", col.name, want, e)
 
 
 def _meta(embedder_name: str, dim: int) -> dict:

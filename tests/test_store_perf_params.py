@@ -1,6 +1,6 @@
-"""Store-level parts of the retrieval speed-up (issue 13): HNSW parameters on new collections, old collections still
-opening with theirs, the BM25 file kept in step by add/delete (and rebuilt when it is not), and the hybrid ranking
-exactly what the old in-memory rank_bm25 rebuild gave, on the test corpus and on the demo's questions."""
+"""Store-level parts of the retrieval speed-up (issue 13): HNSW parameters on new collections, old collections
+opening with the tuned search_ef, the BM25 file kept in step by add/delete (and rebuilt when it is not), and the
+hybrid ranking exactly what the old in-memory rank_bm25 rebuild gave, on the test corpus and the demo's questions."""
 
 from __future__ import annotations
 
@@ -44,14 +44,17 @@ def test_new_collection_gets_the_tuned_hnsw_params(tmp_path):
     assert store.metadata["embedder"] == "emb" and store.metadata["dim"] == DIM
 
 
-def test_a_collection_made_with_the_old_metadata_opens_and_keeps_its_params(tmp_path):
+def test_a_collection_made_with_the_old_metadata_opens_with_the_tuned_search_ef(tmp_path):
     client = make_client(tmp_path)
     old = client.get_or_create_collection("legacy", metadata={"hnsw:space": "cosine", "embedder": "emb", "dim": DIM},
                                           embedding_function=None)
     old.add(ids=["a", "b", "c"], embeddings=vectors(3), documents=["pump valve", "relay fan", "solar panel"])
     store = Store(client, "legacy", "emb", DIM)
     hnsw = store.col.configuration_json["hnsw"]
-    assert (hnsw["max_neighbors"], hnsw["ef_search"]) == (16, 100)  # Chroma's defaults, as it was created
+    # M is fixed at creation (Chroma's 16); the search-time ef is raised to this tree's, and stays so on reopening
+    assert (hnsw["max_neighbors"], hnsw["ef_search"]) == (16, HNSW_PARAMS["hnsw:search_ef"])
+    assert make_client(tmp_path).get_collection("legacy").configuration_json["hnsw"]["ef_search"] == \
+        HNSW_PARAMS["hnsw:search_ef"]
     assert store.count() == 3 and store.query(vectors(3)[0].tolist(), 1)[0].id == "a"
     assert store.bm25().top(["relay"], 4) == ["b"]  # no BM25 file yet: built from the stored documents
     assert (tmp_path / "bm25-legacy.npz").is_file()
