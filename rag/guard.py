@@ -239,7 +239,8 @@ class Guard:
     def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None,
                 refusal: str | None = None) -> "GuardedReply":
         return GuardedReply(self.evidence(question, sources), context, marker, refusal,
-                            anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}))
+                            anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
+                            asks=[has for ask, has in _ASKS if ask.search(question)])
 
 
 @dataclass
@@ -252,6 +253,7 @@ class GuardedReply:
     refusal: str | None = None  # the persona's refusal: sent as it is when the model says it does not know
     anchors: set[str] = field(default_factory=set)  # what the question is about (Context.anchors)
     labels: list[str] = field(default_factory=list)  # the sources' file names: in a reply, the <documents> block leaks
+    asks: list[re.Pattern] = field(default_factory=list)  # the kinds of fact the question asks for (_ASKS)
     grounding: str = "generated"
     unsupported: list[str] = field(default_factory=list)
     stopped: bool = False     # the rest of the generation is not wanted: close the engine stream
@@ -262,7 +264,7 @@ class GuardedReply:
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
         return GuardedReply(self.evidence, self.context, self.marker, self.refusal, anchors=self.anchors,
-                            labels=self.labels)
+                            labels=self.labels, asks=self.asks)
 
     @property
     def released(self) -> str:
@@ -341,15 +343,20 @@ class GuardedReply:
         return sentence
 
     def _states(self, e: Evidence) -> bool:
-        """True when the reply carries a fact of the evidence sentence (most of its words when it has no figure).
-        A small model that reads the right document often states a neighbouring fact of it: a fact found elsewhere
+        """True when the reply states the evidence sentence: all its figures of the kind the question asks for first
+        ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds none of that kind or is a
+        table row, most of its words when it has no figure. A small model that reads the right document often states a neighbouring fact of it: a fact found elsewhere
         in the sources does not stand in for the best-matching one."""
         said = claims(self.released)
         facts = claims(e.text)
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words
             words = content_words(e.text)
             return len(words & content_words(self.released)) >= max(1, len(words) / 2)
-        return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))
+        asked = claims(" ".join(_words_at(e.text, m) for m in self.asks[0].finditer(e.text))) if self.asks \
+            else claims("")
+        if _ROW.match(e.text) or not (asked.numbers or asked.codes):  # a table row holds alternatives (vCPU, RAM,
+            return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))  # price): one of them answers
+        return asked.numbers <= said.numbers and asked.codes <= said.codes  # all the sentence's figures of that kind
 
     def _quoted(self) -> list[Evidence]:
         """The evidence a quote is made of: the best sentence and up to QUOTE_K - 1 close runners-up. The best
@@ -379,6 +386,13 @@ class GuardedReply:
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote
         return ("" if head.endswith((" ", "\n")) else " ") + quote
+
+
+def _words_at(text: str, m: re.Match) -> str:
+    """The whole words a match touches ("20%" for a digit matched in it, "$14;" for "$1")."""
+    start = text.rfind(" ", 0, m.start()) + 1
+    end = text.find(" ", m.end())
+    return text[start:] if end < 0 else text[start:end]
 
 
 def _cited(e: Evidence) -> str:

@@ -227,6 +227,13 @@ def test_a_reply_stating_one_part_gets_the_parts_it_left_out():
     assert text.count("20%") == 1 and "6 monthly backups of each server [2]." in text and grounding == "extractive"
     both = "Ahoy! Backups cost 20% of the plan price and 7 daily and 6 monthly backups are kept [2]."
     assert run(q, both, sources=(PRICING, backups))[:2] == (both, "generated")  # nothing left out: nothing added
+    # a sentence is stated when all its figures of the kind asked for are said: "7" alone leaves "6 monthly" out
+    text, grounding, _ = run("How many backups are kept?", "Ahoy! Treasure Chest keeps 7 daily backups [2].",
+                             sources=(PRICING, backups))
+    assert grounding == "extractive" and "6 monthly backups of each server [2]." in text
+    text, grounding, _ = run("How many backups are kept?", "Ahoy! It keeps 7 daily and 6 monthly backups [2].",
+                             sources=(backups,))
+    assert text.startswith("Ahoy! It keeps 7 daily and 6 monthly backups [2].") and "each server" not in text
 
 
 def test_a_reply_copying_a_source_label_is_cut_there():
