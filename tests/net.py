@@ -65,7 +65,9 @@ def app_server(app: Any, timeout: float = 20) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # log_config=None: uvicorn's dictConfig would shut down every existing logging handler, and absl's (imported by
+    # rouge-score in an earlier test) then closes the stderr it saw at import: pytest's capture file for the session
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
