@@ -51,11 +51,13 @@ def make_adapter(base_dir: Path, out: Path, seed: int = 1) -> Path:
     return out
 
 
-def make_config(base_dir: Path, **export):
+def make_config(base_dir: Path, knowledge: dict | None = None, **export):
     data = {"name": NAME, "base": {"model": str(base_dir)}, "persona": {"system_prompt": SYSTEM},
             "export": {"quants": ["q8_0"], "default_quant": "q8_0", "num_ctx": 1024,
                        # random weights have near-tied logits: the 98% gate is for real models (see slow test)
                        "parity": {"min_top1": 0.9}, **export}}
+    if knowledge is not None:
+        data["knowledge"] = knowledge
     return config_from_dict(data)
 
 
@@ -388,11 +390,58 @@ def test_bundle_is_a_servable_home(exported, tmp_path, monkeypatch):
         names = tar.getnames()
     assert f"{NAME}-bundle/launch.sh" in names and f"{NAME}-bundle/home/assistants/{NAME}/config.yaml" in names
     # the server's own registry, pointed at the bundle, exposes the bundled GGUF as the default model
-    serve_registry = pytest.importorskip("serve.registry")
+    spec = _bundled_spec(bundle, monkeypatch)
+    assert spec.quant == "q8_0" and spec.gguf == home / "gguf" / f"{NAME}-q8_0.gguf" and not spec.has_knowledge
+
+
+def _bundled_spec(bundle: Path, monkeypatch):
+    """The serve registry's spec of NAME with PROTEGE_HOME pointed at the bundle (what launch.py does)."""
+    from serve.registry import Registry
+
     monkeypatch.setenv("PROTEGE_HOME", str(bundle / "home"))
-    registry = serve_registry.Registry()
-    spec = registry.get(NAME)
-    assert spec is not None and spec.quant == "q8_0" and spec.gguf == home / "gguf" / f"{NAME}-q8_0.gguf"
+    spec = Registry().get(NAME)
+    assert spec is not None and spec.paths.root == bundle / "home" / "assistants" / NAME
+    return spec
+
+
+def test_bundle_carries_the_knowledge_index_and_answers_from_it(exported, tmp_path, monkeypatch):
+    """An assistant with knowledge: the bundle holds its Chroma index, the config points at embedded Chroma, and the
+    server's knowledge factory on the bundle retrieves from the bundled index alone (the original index and the
+    documents are deleted before the question is asked)."""
+    import tarfile
+
+    from export.bundle import build_bundle
+    from rag.knowledge import KnowledgeBase
+    from serve.service import default_knowledge_factory
+
+    cfg, _, _ = exported
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "warranty.md").write_text("# Warranty\n\nEvery Byte robot carries a seven year warranty on its motors. "
+                                      "Claims are filed at the service desk with the serial number.\n")
+    (docs / "charging.md").write_text("# Charging\n\nA flat Byte robot charges to full in ninety minutes on the "
+                                      "dock. Unplug the dock before cleaning its contacts.\n")
+    paths = _copy_export(exported, tmp_path / "home")
+    kcfg = make_config(Path(cfg.base.model), knowledge={"folder": str(docs), "min_score": 0.3,
+                                                        "chroma": {"host": "chroma.invalid", "port": 8000}})
+    local = kcfg.model_copy(deep=True)
+    local.knowledge.chroma.host = None  # index locally into paths.knowledge; the bundle must drop the server too
+    assert sorted(KnowledgeBase.open(local, paths).index()["added"]) == ["charging.md", "warranty.md"]
+    info = build_bundle(kcfg, paths)
+    assert info["knowledge"] is True and "protege[serve,llamacpp,rag]" in (Path(info["dir"]) / "README.txt").read_text()
+    bundle = Path(info["dir"])
+    bundled_index = bundle / "home" / "assistants" / NAME / "knowledge"
+    assert (bundled_index / "chroma.sqlite3").is_file() and (bundled_index / "index_report.json").is_file()
+    with tarfile.open(info["tarball"]) as tar:
+        assert f"{NAME}-bundle/home/assistants/{NAME}/knowledge/chroma.sqlite3" in tar.getnames()
+    shutil.rmtree(paths.knowledge)
+    shutil.rmtree(docs)
+    spec = _bundled_spec(bundle, monkeypatch)
+    assert spec.has_knowledge and spec.cfg.knowledge.chroma.host is None
+    kb = default_knowledge_factory(spec)
+    hit = kb.retrieve("How long is the warranty on the motors?")
+    assert not hit.refused and hit.sources[0].path == "warranty.md" and "seven year" in hit.sources[0].text
+    assert kb.retrieve("How long does charging take on the dock?").sources[0].path == "charging.md"
 
 
 @pytest.mark.slow

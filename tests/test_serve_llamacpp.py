@@ -4,9 +4,12 @@ driven by the official `openai` (sync, async, streaming) and `ollama` clients an
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -66,13 +69,86 @@ def test_openai_sync_and_errors(server):
 
 
 def test_openai_json_mode_is_valid_json(server):
-    import json
-
+    """json_object: the JSON grammar constrains every token; the prompt asks for a one-key object and max_tokens leaves
+    room for several times its length, so greedy decoding closes it and ends the turn: "stop", and it parses."""
     r = _openai(server).chat.completions.create(
-        model=MODEL, temperature=0, max_tokens=48, response_format={"type": "json_object"},
-        messages=[{"role": "user", "content": "Give a JSON object with a key 'city' for France's capital."}])
-    if r.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(r.choices[0].message.content), dict)
+        model=MODEL, temperature=0, max_tokens=200, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Reply with a JSON object with one key, \"city\", naming the capital "
+                                              "of France."}])
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+    obj = json.loads(r.choices[0].message.content)
+    assert isinstance(obj, dict) and "city" in obj, obj
+
+
+# A finite language: an enum and a boolean, no other keys, and llama.cpp's schema grammar allows at most one space
+# between tokens, so the longest document is under 70 characters: 128 tokens always reach "}" and the end of turn.
+CAPITAL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["capital", "is_largest_city"],
+                  "properties": {"capital": {"type": "string", "enum": ["Paris", "Lyon", "Marseille"]},
+                                 "is_largest_city": {"type": "boolean"}}}
+
+
+def test_json_schema_output_validates_against_the_schema(server):
+    fmt = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL_SCHEMA, "strict": True}}
+    client = _openai(server)
+    for q in ("What is the capital of France? Answer in JSON.", QUESTIONS[4]):  # on topic, and not at all
+        r = client.chat.completions.create(model=MODEL, temperature=0, max_tokens=128, response_format=fmt,
+                                           messages=[{"role": "user", "content": q}])
+        text = r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop", text
+        obj = json.loads(text)
+        assert set(obj) == {"capital", "is_largest_city"}, obj
+        assert obj["capital"] in ("Paris", "Lyon", "Marseille") and isinstance(obj["is_largest_city"], bool), obj
+
+
+def _stream_text(client, **kw) -> tuple[str, str | None, list]:
+    """(text, finish_reason, token logprobs) of one streamed chat completion."""
+    parts, finish, lps = [], None, []
+    for chunk in client.chat.completions.create(model=MODEL, stream=True, **kw):
+        for ch in chunk.choices:
+            parts.append(ch.delta.content or "")
+            finish = ch.finish_reason or finish
+            lps += ch.logprobs.content if ch.logprobs and ch.logprobs.content else []
+    return "".join(parts), finish, lps
+
+
+def test_logprobs_are_the_sampled_tokens_and_their_log_probabilities(server):
+    """Greedy decoding: each token's logprob is <= 0 and the best of its top 3 (sorted, summing to at most 1 as
+    probabilities); the tokens concatenate to the reply, one per completion token, streamed or not."""
+    client = _openai(server)
+    kw = dict(temperature=0, max_tokens=24, logprobs=True, top_logprobs=3,
+              messages=[{"role": "user", "content": QUESTIONS[2]}])
+    r = client.chat.completions.create(model=MODEL, **kw)
+    text, lps = r.choices[0].message.content, r.choices[0].logprobs.content
+    assert text.strip() and text.isascii()  # ASCII: every token's text is exactly its bytes
+    assert "".join(t.token for t in lps) == text and len(lps) == r.usage.completion_tokens
+    for t in lps:
+        assert t.logprob <= 0
+        top = [(a.token, a.logprob) for a in t.top_logprobs]
+        assert len(top) == 3 and [v for _, v in top] == sorted((v for _, v in top), reverse=True)
+        assert top[0] == (t.token, pytest.approx(t.logprob)) and sum(math.exp(v) for _, v in top) <= 1 + 1e-6
+    streamed, finish, slps = _stream_text(client, **kw)
+    assert (streamed, finish) == (text, r.choices[0].finish_reason)
+    assert [(t.token, round(t.logprob, 4)) for t in slps] == [(t.token, round(t.logprob, 4)) for t in lps]
+
+
+def test_a_stop_string_split_across_tokens_is_held_back_and_cut(server):
+    """A stop string that starts at one token and ends inside the next: the first token must be held back (it could
+    begin the stop), so neither the stream nor the reply shows any of it, and everything before it arrives intact.
+    A string that only starts like a stop releases the held text: the reply is unchanged."""
+    client = _openai(server)
+    kw = dict(temperature=0, max_tokens=24, messages=[{"role": "user", "content": QUESTIONS[1]}])
+    r = client.chat.completions.create(model=MODEL, logprobs=True, **kw)
+    text, tokens = r.choices[0].message.content, [t.token for t in r.choices[0].logprobs.content]
+    assert "".join(tokens) == text and len(tokens) >= 6
+    i = next(i for i in range(len(tokens) // 3, len(tokens) - 1) if tokens[i].strip() and tokens[i + 1]
+             and text.find(tokens[i] + tokens[i + 1][0]) == len("".join(tokens[:i])))
+    stop, before = tokens[i] + tokens[i + 1][0], "".join(tokens[:i])
+    streamed, finish, _ = _stream_text(client, stop=[stop], **kw)
+    assert (streamed, finish) == (before, "stop") and stop not in streamed
+    cut = client.chat.completions.create(model=MODEL, stop=[stop], **kw).choices[0]
+    assert (cut.message.content, cut.finish_reason) == (before, "stop")
+    streamed, finish, _ = _stream_text(client, stop=[tokens[i] + "\u2603never"], **kw)
+    assert (streamed, finish) == (text, r.choices[0].finish_reason)
 
 
 def test_openai_async_streaming(server):
@@ -171,15 +247,23 @@ def test_protege_run_in_process_on_cpu(tmp_path):
     assert r.returncode == 0 and "Cleared session context" in r.stdout, r.stderr[-2000:]
 
 
-def test_the_real_engine_tokenizes_a_request_once():
-    """Service.prepare's context check and the generation share one tokenization (BaseEngine.prompt_ids), and the
-    shared ids are exactly what a fresh tokenization of the same prompt gives."""
+@pytest.fixture(scope="module")
+def engine():
+    """The real engine in process, one decoding slot."""
     from builder.base_model import embedded_gguf
-    from serve.engines.base import GenParams, Usage
     from serve.engines.llamacpp import LlamaCppEngine
 
     engine = LlamaCppEngine(embedded_gguf(), parallel=1, n_ctx=512)
     asyncio.run(engine.load())
+    yield engine
+    asyncio.run(engine.close())
+
+
+def test_the_real_engine_tokenizes_a_request_once(engine):
+    """Service.prepare's context check and the generation share one tokenization (BaseEngine.prompt_ids), and the
+    shared ids are exactly what a fresh tokenization of the same prompt gives."""
+    from serve.engines.base import GenParams, Usage
+
     calls, tokenize = [], engine.prompt_tokens
     engine.prompt_tokens = lambda p: calls.append(1) or tokenize(p)  # type: ignore[method-assign]
     try:
@@ -195,4 +279,51 @@ def test_the_real_engine_tokenizes_a_request_once():
         assert len(calls) == 1 and usage.prompt_tokens == n
         assert params.prompt_cache[1] == tokenize(params)
     finally:
-        asyncio.run(engine.close())
+        del engine.prompt_tokens  # the class's method again
+
+
+def test_cancelling_frees_the_sequence_and_its_slot(engine):
+    """Closing a stream mid-generation stops its decoding at once and frees its slot and sampler; a request cancelled
+    while still waiting for the slot is freed without ever decoding; the next request then runs in the freed slot and
+    gets exactly the answer it got before (the slot's KV cache was cleared)."""
+    from serve.engines.base import GenParams
+
+    def params(q: str, n: int) -> GenParams:
+        return GenParams("m", [{"role": "user", "content": q}], max_tokens=n, temperature=0)
+
+    async def text(p: GenParams) -> str:
+        return "".join([d.text async for d in engine.stream_chat(p)])
+
+    async def settled() -> None:
+        """Until no sequence is active or waiting and the slot is free again (a stream's last item reaches its client
+        just before the scheduler thread releases the slot)."""
+        deadline = time.monotonic() + 10
+        while engine._active or engine._waiting or engine._free != [0]:
+            assert time.monotonic() < deadline, "the cancelled sequences were not freed"
+            await asyncio.sleep(0.01)
+
+    async def main():
+        before = await text(params(QUESTIONS[5], 12))
+        long = engine.stream_chat(params("Write a long story about a ship lost at sea.", 400))
+        first = await long.__anext__()
+        running = engine._active[0]
+        waiting = engine.stream_chat(params(QUESTIONS[0], 400))
+        parked = asyncio.ensure_future(waiting.__anext__())
+        while not engine._waiting:
+            await asyncio.sleep(0.01)
+        queued = engine._waiting[0]
+        parked.cancel()  # the client of the waiting request goes away
+        await asyncio.gather(parked, return_exceptions=True)
+        generated = running.generated
+        await long.aclose()  # the streaming client goes away
+        await settled()
+        after = await text(params(QUESTIONS[5], 12))
+        await settled()
+        return before, first, running, generated, queued, after
+
+    before, first, running, generated, queued, after = asyncio.run(main())
+    assert first.text and running.cancelled and running.sampler is None
+    assert running.usage.eval_ns == 0  # never finished on its own (a finish records the decode time)
+    assert running.generated <= generated + 2 < 400  # at most the step in flight after the close
+    assert queued.cancelled and queued.sampler is None and queued.generated == 0 and queued.slot == -1
+    assert after == before and after.strip()
