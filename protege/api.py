@@ -22,6 +22,7 @@ from protege.config import AssistantConfig
 from protege.errors import AssistantNotFound, ConfigError, GenerationError, NoKnowledgeError, require
 from protege.paths import AssistantPaths, protege_home
 from protege.reply import Reply, ReplyStream
+from protege.stage_results import DataResult, EvalResult, ExportResult, IndexResult, TrainResult
 from rag.types import Retrieval, Source
 
 if TYPE_CHECKING:
@@ -237,30 +238,33 @@ class Assistant:
         return kb.retrieve(question) if isinstance(question, str) else kb.retrieve_conversation(question)
 
     # --- stages -------------------------------------------------------------------------------------------------
-    def index(self, progress: bool = False) -> dict:
-        """Index the knowledge folder (incremental) under the assistant's lock; returns the index report."""
+    def index(self, progress: bool = False) -> IndexResult:
+        """Index the knowledge folder (incremental) under the assistant's lock; an IndexResult (`added`, `updated`,
+        `removed`, `unchanged`, `skipped` file names, `chunks_total`; the index report in `.raw`)."""
         from protege.lock import assistant_lock
 
         kb = self.knowledge
         if self._folder_only:
-            return kb.index(progress=progress)
+            return IndexResult.from_json(kb.index(progress=progress))
         with assistant_lock(self.paths.ensure()):
-            return kb.index(progress=progress)
+            return IndexResult.from_json(kb.index(progress=progress))
 
-    def prepare_data(self, write: bool = True) -> dict:
-        """Validate, clean, dedupe and split the conversations (builder/data.py): the data report; `write` False only
-        checks (no lock: a check may run beside a build)."""
+    def prepare_data(self, write: bool = True) -> DataResult:
+        """Validate, clean, dedupe and split the conversations (builder/data.py): a DataResult (`kept`, `train`,
+        `val`, `grounded`, `files`; the data report in `.raw`); `write` False only checks (no lock: a check may run
+        beside a build)."""
         from builder.data import prepare
         from protege.lock import assistant_lock
 
         if not write:
-            return prepare(self.config, self.paths, write=False)
+            return DataResult.from_json(prepare(self.config, self.paths, write=False))
         with assistant_lock(self.paths.ensure()):
-            return prepare(self.config, self.paths, write=True)
+            return DataResult.from_json(prepare(self.config, self.paths, write=True))
 
-    def train(self, resume: bool = False) -> dict:
+    def train(self, resume: bool = False) -> TrainResult:
         """Fine-tune the style adapter (builder/train.py) on freshly prepared data (a resumed run keeps the split it
-        started with); the training metrics."""
+        started with); a TrainResult (`best_val_loss`, `val_loss_initial`, `steps`, `tokens_per_second`, `adapter`,
+        ...; the training metrics in `.raw`)."""
         from builder.data import prepare
         from builder.train import run
         from protege.lock import assistant_lock
@@ -268,15 +272,16 @@ class Assistant:
         with assistant_lock(self.paths.ensure()):
             if not (resume and (self.paths.data / "train.jsonl").is_file()):
                 prepare(self.config, self.paths)
-            return run(self.config, self.paths, resume=resume)
+            return TrainResult.from_json(run(self.config, self.paths, resume=resume))
 
-    def eval(self) -> dict:
-        """Base vs tuned on the held-out split (builder/evaluate.py; needs the train extra)."""
+    def eval(self) -> EvalResult:
+        """Base vs tuned on the held-out split (builder/evaluate.py; needs the train extra): an EvalResult (`base`
+        and `tuned` EvalScores: `val_loss`, `perplexity`, `rouge_l`, ...; the eval report in `.raw`)."""
         from builder.evaluate import run
         from protege.lock import assistant_lock
 
         with assistant_lock(self.paths.ensure()):
-            return run(self.config, self.paths)
+            return EvalResult.from_json(run(self.config, self.paths))
 
     def eval_answers(self, qa: list[dict], progress: bool = False) -> tuple[dict, list[dict]]:
         """Ask every QA row (rag/evaluate.load_qa) through `ask` and score the replies: answer accuracy, source
@@ -285,14 +290,15 @@ class Assistant:
 
         return evaluate_answers(self, qa, progress=progress)
 
-    def export(self, bundle: bool = False) -> dict:
-        """Merge, GGUF, quantize, verify (export/pipeline.py); `bundle` also writes the offline edge bundle. A loaded
-        model is let go so the next answer uses the new GGUF."""
+    def export(self, bundle: bool = False) -> ExportResult:
+        """Merge, GGUF, quantize, verify (export/pipeline.py); `bundle` also writes the offline edge bundle. An
+        ExportResult (`merge`, `verified`, `default_quant`, `files` quant -> file; the export report in `.raw`). A
+        loaded model is let go so the next answer uses the new GGUF."""
         from export.pipeline import run
 
         report = run(self.config, self.paths, bundle=bundle)
         self._drop_engines()
-        return report
+        return ExportResult.from_json(report)
 
     # --- plumbing -----------------------------------------------------------------------------------------------
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:

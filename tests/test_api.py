@@ -17,6 +17,7 @@ import protege
 from protege.config_file import config_from_dict
 from protege.errors import AssistantNotFound, ConfigError, GenerationError, NoKnowledgeError, ProtegeError
 from protege.paths import AssistantPaths
+from protege.stage_results import IndexResult
 
 CORPUS = Path(__file__).resolve().parent / "assets" / "rag_corpus"
 REFUSAL = "I don't know: my documents don't cover that."
@@ -118,7 +119,10 @@ def volt(tmp_path_factory):
                             "knowledge": {"folder": str(CORPUS), "min_score": 0.35, "refusal": REFUSAL}})
     a = protege.Assistant(cfg, AssistantPaths(tmp_path_factory.mktemp("home") / "volt"), engine=factory)
     report = a.index()
-    assert len(report["added"]) == 6
+    assert isinstance(report, IndexResult) and len(report.added) == 6 and report.added == report.raw["added"]
+    assert report.chunks_total == report.raw["chunks_total"] > 0 and report.removed == report.skipped == []
+    again = a.index()  # incremental: nothing changed
+    assert again.added == [] and sorted(again.unchanged) == sorted(report.added) and again.raw["writes"] == 0
     yield a, engines
     a.close()
 

@@ -137,6 +137,14 @@ def test_prepare_cleans_splits_and_reports(tmp_path, tokenizer_dir, protege_home
     assert any(m[-1]["content"] == "Ahoy! Welcome aboard" for m in train + [
         json.loads(x)["messages"] for x in (paths.data / "val.jsonl").read_text().splitlines()])
     assert json.loads((paths.data / "data_report.json").read_text())["kept"] == 11
+    # the API's prepare_data returns the same report, typed (a check writes nothing)
+    from protege.api import Assistant
+    from protege.stage_results import DataResult
+
+    checked = Assistant(cfg, paths).prepare_data(write=False)
+    assert isinstance(checked, DataResult) and checked.raw["cleaning"] == c
+    assert (checked.kept, checked.train, checked.val, checked.grounded) == (11, 9, 2, None)
+    assert checked.files == [str(f)] and checked.to_json() is checked.raw
 
 
 @pytest.mark.parametrize("name,text,line,problem", [BAD[0], BAD[2], BAD[4], BAD[6]], ids=["json", "role", "end", "csv"])

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from protege.commands._common import load
 
     cfg, paths = load(args, lock=args.action == "clean")  # check only reads: fine while a build runs
-    report = Assistant(cfg, paths).prepare_data(write=args.action == "clean")
+    report = Assistant(cfg, paths).prepare_data(write=args.action == "clean").raw
     print(json.dumps(report, indent=2) if args.json else summary(report))
     if args.action == "clean":
         print(f"wrote {paths.data / 'train.jsonl'}, {paths.data / 'val.jsonl'}, {paths.data / 'data_report.json'}")

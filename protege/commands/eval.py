@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from protege.commands._common import load
 
     cfg, paths = load(args)
-    res = Assistant(cfg, paths).eval()
+    res = Assistant(cfg, paths).eval().raw
     for key, label in ROWS:
         b, t = res["base"][key], res["tuned"][key]
         if b is not None or t is not None:

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from protege.commands._common import load
 
     cfg, paths = load(args)
-    report = Assistant(cfg, paths).export(bundle=args.bundle)
+    report = Assistant(cfg, paths).export(bundle=args.bundle).raw
     ver = report["verification"]
     parity = ver["parity_hf_vs_f16"]
     print(f"exported {cfg.name} in {report['seconds']} s -> {paths.gguf}")

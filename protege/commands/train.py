@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from protege.commands._common import load
 
     cfg, paths = load(args)
-    m = Assistant(cfg, paths).train(resume=args.resume)
+    m = Assistant(cfg, paths).train(resume=args.resume).raw
     start = f"{m['val_loss_initial']:.4f} -> " if m["val_loss_initial"] is not None else ""
     val = f"val loss {start}best {m['best_val_loss']:.4f}" if m["best_val_loss"] is not None else "no val split"
     print(f"trained {m['global_step']}/{m['max_steps']} steps in {m['train_seconds']:.0f}s "
