@@ -57,7 +57,8 @@ class Usage:
 
 
 class EngineError(Exception):
-    """An error with an HTTP status and an OpenAI error code; routers turn it into the OpenAI error shape."""
+    """An error with an HTTP status and an OpenAI error code; the app turns it into the error shape of the API that was
+    called (serve/ops.py: OpenAI's on /v1, Ollama's on /api)."""
 
     status = 400
     code = "invalid_request_error"
