@@ -118,6 +118,11 @@ _SUPERLATIVE = [  # (what the question says, which values compare, True: the lar
 ]
 
 
+def asked_kinds(question: str) -> list[re.Pattern]:
+    """What an answering sentence carries for each kind of fact the question asks for (_ASKS), the first kind first."""
+    return [has for ask, has in _ASKS if ask.search(question)]
+
+
 def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
     """Questions about the extreme of a table ("Which region opened last?") are answered by comparing its rows: the
     row whose year (or price) is the largest or smallest, among rows of the same table (the same keys)."""
@@ -197,7 +202,7 @@ class Guard:
         qwords = content_words(question)
         cand_words = [content_words(f"{heads[n]} {c}") for c, n in cands if c]  # the heading's words count too
         weight = _idf(qwords, cand_words)
-        asks = [has for ask, has in _ASKS if ask.search(question)]
+        asks = asked_kinds(question)
         # a sentence is embedded (and its words counted) under its chunk's heading ("Security > Encryption: Keys are
         # rotated every 90 days."): what it is about is often only in the heading (ev1 on dev 0.77 -> 0.82, dev2
         # 0.62 -> 0.67)
@@ -240,7 +245,7 @@ class Guard:
                 refusal: str | None = None) -> "GuardedReply":
         return GuardedReply(self.evidence(question, sources), context, marker, refusal,
                             anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
-                            asks=[has for ask, has in _ASKS if ask.search(question)])
+                            asks=asked_kinds(question))
 
 
 @dataclass
@@ -345,15 +350,15 @@ class GuardedReply:
     def _states(self, e: Evidence) -> bool:
         """True when the reply states the evidence sentence: all its figures of the kind the question asks for first
         ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds none of that kind or is a
-        table row, most of its words when it has no figure. A small model that reads the right document often states a neighbouring fact of it: a fact found elsewhere
-        in the sources does not stand in for the best-matching one."""
+        table row, most of its words when it has no figure. A small model that reads the right document often states
+        a neighbouring fact of it: a fact found elsewhere in the sources does not stand in for the best-matching one."""
         said = claims(self.released)
         facts = claims(e.text)
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words
             words = content_words(e.text)
             return len(words & content_words(self.released)) >= max(1, len(words) / 2)
-        asked = claims(" ".join(_words_at(e.text, m) for m in self.asks[0].finditer(e.text))) if self.asks \
-            else claims("")
+        spans = [_words_at(e.text, m) for m in self.asks[0].finditer(e.text)] if self.asks else []
+        asked = claims(" ".join(spans))
         if _ROW.match(e.text) or not (asked.numbers or asked.codes):  # a table row holds alternatives (vCPU, RAM,
             return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))  # price): one of them answers
         return asked.numbers <= said.numbers and asked.codes <= said.codes  # all the sentence's figures of that kind

@@ -42,7 +42,7 @@ class Retriever:
         self.hybrid, self.rerank_path = hybrid, rerank
         self.candidates = candidates or max(4 * top_k, 20)
         self._text: tuple[tuple[int, int], str] | None = None  # (BM25 index identity and version, all text)
-        self._stems: tuple[tuple[int, int], set[str]] | None = None  # the same key, the vocabulary's prefixed terms
+        self._letter_dropped: tuple[tuple[int, int], set[str]] | None = None  # the same key; terms less 1st letter
         self._cross = None
 
     def invalidate(self) -> None:
@@ -105,9 +105,9 @@ class Retriever:
         """Terms with their first letter dropped ("vcpu" -> "cpu", "esim" -> "sim"): a question's acronym "CPU" is
         the documents' vCPU. Kept once per version of the index."""
         key = (id(bm25), bm25.version)
-        if self._stems is None or self._stems[0] != key:
-            self._stems = (key, {t[1:] for t in vocab if len(t) >= 4 and t[1:].isalpha()})
-        return self._stems[1]
+        if self._letter_dropped is None or self._letter_dropped[0] != key:
+            self._letter_dropped = (key, {t[1:] for t in vocab if len(t) >= 4 and t[1:].isalpha()})
+        return self._letter_dropped[1]
 
     def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int) -> list[Hit]:
         tokens = bm25_tokens(question)
