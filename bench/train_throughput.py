@@ -1,11 +1,16 @@
-"""Training throughput: `protege train`'s path (trl SFTTrainer, masked labels, padding-free packed rows of
-max_seq_len on CUDA, length-grouped batches on CPU) vs the plain recipe from the seeds (HF Trainer + peft +
-bitsandbytes, every sample padded to 384, batch 4), both QLoRA nf4 on the same base and the same persona data (the demo's
-examples/captain-byte/conversations/chats.jsonl), measured in the same run. Each side runs in its own subprocess so peak memory is its own. Throughput counts real (non-padding) tokens per second over the timed
-steps (the first step, with its warm-up, is excluded). Prints both and the ratio; appends a JSON line to
-bench/results/train_throughput.jsonl. No absolute time is asserted.
+"""Training throughput, three sides on the same base and data, measured in the same run:
+- ours: `protege train`'s path (trl SFTTrainer, masked labels; padding-free packed rows on CUDA; on CPU
+  length-grouped batches, the loss over the labelled positions only, micro-batches of train.micro_batch_tokens);
+- bare: a bare forward (the model's own loss over the full logits) + backward + AdamW loop over the very batches
+  ours trains on, with the same model: the target is ours >= 0.9x bare;
+- plain: the seeds' recipe (HF Trainer + peft, every sample padded to 384, batch 4).
+Each side runs in its own subprocess so its peak memory (RSS on CPU) is its own. Throughput counts real (non-padding)
+tokens per second over the timed steps (the first step, with its warm-up, is excluded). Prints the sides and the
+ratios; appends a JSON line to bench/results/train_throughput.jsonl. No absolute time is asserted.
 
-    .venv/bin/python bench/train_throughput.py                  # SmolLM2-135M, 4 timed steps each
+    .venv/bin/python bench/train_throughput.py                  # SmolLM2-135M, QLoRA, the demo's chats, 4 steps
+    .venv/bin/python bench/train_throughput.py --method lora --max-seq-len 512 \
+        --data "${PROTEGE_HOME:-$HOME/.protege}/assistants/captain-byte/data/train.jsonl"   # the demo's rows
     .venv/bin/python bench/train_throughput.py --model tiny --steps 3
     python bench/train_throughput.py --model smollm2-shaped        # on the GPU machine (no base package there)
 """
@@ -76,16 +81,48 @@ def step_timer():
     return Timer()
 
 
-def make_cfg(base: str, data: Path, steps: int, home: Path):
+def make_cfg(base: str, data: Path, steps: int, method: str, max_seq_len: int):
     from protege.config_file import config_from_dict
 
     return config_from_dict({
         "name": "bench", "base": {"model": base},
-        "data": {"files": [str(data)], "val_fraction": 0, "max_seq_len": PLAIN_LEN,
+        "data": {"files": [str(data)], "val_fraction": 0, "max_seq_len": max_seq_len,
                  "clean": {"near_dup_threshold": None}},
-        "train": {"method": "qlora", "max_steps": steps + 1, "batch_size": 8, "report_to": "none",
+        "train": {"method": method, "max_steps": steps + 1, "batch_size": 8, "report_to": "none",
                   "early_stopping_patience": None},
     })
+
+
+def run_bare(cfg, paths) -> dict:
+    """A bare loop over ours's batches and model: forward with labels (full logits), backward, AdamW, zero_grad."""
+    import torch
+
+    from builder.data import prepare
+    from builder.train import build_trainer
+
+    prepare(cfg, paths)
+    trainer, _, info = build_trainer(cfg, paths, quiet=True)
+    model = trainer.model
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
+    secs = tokens = 0
+    for step, batch in enumerate(trainer.get_train_dataloader()):
+        if step > cfg.train.max_steps - 1:
+            break
+        batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels",
+                                                                         "position_ids")}
+        t0 = time.perf_counter()
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if info["device"] == "cuda":
+            torch.cuda.synchronize()
+        if step > 0:
+            secs += time.perf_counter() - t0
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    return {"timed_seconds": round(secs, 3), "real_tokens": tokens,
+            "tokens_per_second": round(tokens / secs, 1) if secs else 0.0, "batch": "ours's batches",
+            "device": info["device"], "precision": info["precision"]}
 
 
 def run_ours(cfg, paths) -> dict:
@@ -135,7 +172,7 @@ def run_plain(cfg, paths) -> dict:
             "precision": precision}
 
 
-def child(side: str, base: str, steps: int) -> None:
+def child(side: str, base: str, steps: int, data: Path, method: str, max_seq_len: int) -> None:
     import torch
 
     from builder.monitor import peak_memory_mb
@@ -145,9 +182,9 @@ def child(side: str, base: str, steps: int) -> None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PROTEGE_HOME"] = str(Path(tmp) / "home")
-        cfg = make_cfg(base, DATA, steps, Path(tmp))
+        cfg = make_cfg(base, data, steps, method, max_seq_len)
         paths = AssistantPaths.for_name("bench")
-        res = (run_ours if side == "ours" else run_plain)(cfg, paths)
+        res = {"ours": run_ours, "bare": run_bare, "plain": run_plain}[side](cfg, paths)
         res["peak_memory_mb"] = peak_memory_mb(res["device"])
     print("RESULT " + json.dumps(res))
 
@@ -157,36 +194,47 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct",
                     help="base id or dir; 'tiny' / 'smollm2-shaped' build a random Llama")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per side (after one warm-up step)")
-    ap.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, default=DATA, help="a JSONL of conversations (default: the demo's chats)")
+    ap.add_argument("--method", choices=["qlora", "lora", "dora"], default="qlora")
+    ap.add_argument("--max-seq-len", type=int, default=PLAIN_LEN)
+    ap.add_argument("--sides", default="plain,bare,ours", help="comma-separated subset of plain,bare,ours")
+    ap.add_argument("--child", choices=["ours", "bare", "plain"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.model, args.steps)
+        return child(args.child, args.model, args.steps, args.data, args.method, args.max_seq_len)
     model = args.model
     tmp = tempfile.mkdtemp()
     if model in SHAPES:
         model = str(random_llama(Path(tmp) / model, model))
     results = {}
-    for side in ("plain", "ours"):
+    for side in args.sides.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model, "--steps",
-                              str(args.steps)], capture_output=True, text=True)
+                              str(args.steps), "--data", str(args.data), "--method", args.method,
+                              "--max-seq-len", str(args.max_seq_len)], capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not line:
             sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
         results[side] = json.loads(line[-1][7:])
         print(f"{side:6s} {results[side]['tokens_per_second']:>9.1f} real tok/s   peak "
               f"{results[side]['peak_memory_mb']:>8.1f} MiB   ({results[side]['batch']})")
-    ratio = results["ours"]["tokens_per_second"] / max(results["plain"]["tokens_per_second"], 1e-9)
-    mem = results["ours"]["peak_memory_mb"] / max(results["plain"]["peak_memory_mb"], 1e-9)
-    print(f"ratio  ours/plain tokens/s = {ratio:.2f}x   peak memory ours/plain = {mem:.2f}x")
+    ratios = {}
+    for other in ("bare", "plain"):
+        if "ours" in results and other in results:
+            ratios[f"ratio_tokens_per_second_vs_{other}"] = round(
+                results["ours"]["tokens_per_second"] / max(results[other]["tokens_per_second"], 1e-9), 3)
+            ratios[f"ratio_peak_memory_vs_{other}"] = round(
+                results["ours"]["peak_memory_mb"] / max(results[other]["peak_memory_mb"], 1e-9), 3)
+            print(f"ratio  ours/{other} tokens/s = {ratios[f'ratio_tokens_per_second_vs_{other}']:.2f}x   "
+                  f"peak memory ours/{other} = {ratios[f'ratio_peak_memory_vs_{other}']:.2f}x")
     import torch
     import transformers
     import trl
 
     record = {"bench": "train_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.machine(), "platform": platform.platform(), "cpus": os.cpu_count(),
-              "model": args.model, "data": str(DATA.relative_to(ROOT)), "steps": args.steps, "torch": torch.__version__,
-              "transformers": transformers.__version__, "trl": trl.__version__, **results,
-              "ratio_tokens_per_second": round(ratio, 3), "ratio_peak_memory": round(mem, 3)}
+              "model": args.model, "data": str(args.data), "method": args.method, "max_seq_len": args.max_seq_len,
+              "steps": args.steps, "torch": torch.__version__, "transformers": transformers.__version__,
+              "trl": trl.__version__, "load_at_start": round(os.getloadavg()[0], 2), **results, **ratios}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "train_throughput.jsonl").open("a") as f:

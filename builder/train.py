@@ -159,7 +159,12 @@ def build_trainer(cfg: AssistantConfig, paths: AssistantPaths, quiet: bool = Fal
         args.report_to = ["swanlab"]
     if has_val and tc.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if device == "cpu":  # the labelled positions only, in micro-batches (builder.cpu_step says why)
+        from builder.cpu_step import cpu_trainer
+
+        trainer_class = cpu_trainer(SFTTrainer, tc.micro_batch_tokens)
+    trainer = trainer_class(
         model=model, args=args, train_dataset=to_dataset(train_enc),
         eval_dataset=to_dataset(val_enc) if has_val else None, processing_class=tokenizer, callbacks=callbacks,
     )

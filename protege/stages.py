@@ -94,15 +94,23 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
     return value
 
 
+# Knobs that change how fast a stage runs, not what it makes (the same gradient in more or fewer micro-batches): kept
+# out of every key, so tuning them never reruns a stage.
+_SPEED_KNOBS = {"train": {"micro_batch_tokens"}}
+
+
 @dataclass(frozen=True)
 class Cfg(Read):
-    """A config section or value, as JSON."""
+    """A config section or value, as JSON (speed knobs left out)."""
 
     path: str
 
     def parts(self, cfg: AssistantConfig, keys: dict[str, str]) -> list[Any]:
         value = _at(cfg, self.path)
-        return [value.model_dump(mode="json") if isinstance(value, BaseModel) else value]
+        if not isinstance(value, BaseModel):
+            return [value]
+        exclude = _SPEED_KNOBS if self.path == "" else _SPEED_KNOBS.get(self.path)
+        return [value.model_dump(mode="json", exclude=exclude)]
 
 
 @dataclass(frozen=True)

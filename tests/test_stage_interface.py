@@ -32,11 +32,13 @@ FILES = {
     "eval_qa.jsonl": '{"question": "Sloop price?", "source": "a.md", "answer_contains": ["5"]}\n',
     "prompts.jsonl": '{"prompt": "hi"}\n',
 }
+# train.lora.dropout was 0.05 by default when these were pinned; it is set so, as a config of then would now say it
+OLD_DEFAULTS = {"train": {"lora": {"dropout": 0.05}}}
 CONFIGS = {
     "full": {"name": "keypin", "data": {"files": ["conv.jsonl"]}, "eval": {"prompts_file": "prompts.jsonl"},
-             "knowledge": {"folder": "kb", "train_qa": "train_qa.jsonl", "eval_qa": "eval_qa.jsonl"}},
-    "knowledge_new_knob": {"name": "keypin", "knowledge": {"folder": "kb", "max_file_mb": 10}},
-    "plain": {"name": "keypin"},
+             "knowledge": {"folder": "kb", "train_qa": "train_qa.jsonl", "eval_qa": "eval_qa.jsonl"}, **OLD_DEFAULTS},
+    "knowledge_new_knob": {"name": "keypin", "knowledge": {"folder": "kb", "max_file_mb": 10}, **OLD_DEFAULTS},
+    "plain": {"name": "keypin", **OLD_DEFAULTS},
 }
 # Computed by plan_stages as it was before the stage table (hand-written hashes per stage). A stage that does not
 # apply has no key ("": it is never compared); the old code gave eval one anyway, which nothing read.
@@ -77,6 +79,20 @@ def inputs(tmp_path, monkeypatch) -> Path:
 def test_keys_are_the_ones_assistants_were_built_with(inputs, which):
     cfg = AssistantConfig.model_validate(CONFIGS[which])
     assert {p.name: p.key for p in stages.plan_stages(cfg, AssistantPaths.for_name(cfg.name))} == PINNED[which]
+
+
+def _keys(config: dict) -> dict[str, str]:
+    cfg = AssistantConfig.model_validate(config)
+    return {p.name: p.key for p in stages.plan_stages(cfg, AssistantPaths.for_name(cfg.name))}
+
+
+def test_speed_knobs_never_rerun_a_stage_and_what_is_learned_does(inputs):
+    full = CONFIGS["full"]
+    faster = {**full, "train": {**full["train"], "micro_batch_tokens": 2048}}
+    assert _keys(faster) == PINNED["full"]  # the same gradient in other micro-batches: nothing reruns
+    new_default = {**full, "train": {}}  # dropout 0.0 learns something else: train and all after it rerun
+    changed = {name for name, key in _keys(new_default).items() if key != PINNED["full"][name]}
+    assert changed == {"train", "eval", "export", "answers", "register"}
 
 
 def test_plans_name_outputs_and_why_a_stage_does_not_apply(inputs):
