@@ -60,7 +60,7 @@ def load_tuned(cfg: AssistantConfig, paths: AssistantPaths):
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, device: str,
-             batch_size: int = 8) -> list[str]:
+             batch_size: int = 20) -> list[str]:
     """Greedy replies, left-padded batches, stopping at the end-of-turn token."""
     import torch
 
@@ -120,7 +120,12 @@ def run(cfg: AssistantConfig, paths: AssistantPaths) -> dict:
                 replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens, device)
         else:
             loss = assistant_loss(model, tokenizer, val, cfg.data.max_seq_len, device) if val else None
-            replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens, device)
+            model.merge_adapter()  # generation with the adapter folded in: no LoRA matmuls on every new token
+            try:
+                replies = generate(model, tokenizer, [it["messages"] for it in items], cfg.eval.max_new_tokens,
+                                   device)
+            finally:
+                model.unmerge_adapter()
         results[side] = {"val_loss": round(loss, 4) if loss is not None else None,
                          "perplexity": round(math.exp(loss), 3) if loss is not None else None,
                          **score(replies, items, cfg)}
