@@ -15,8 +15,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-demo: setup
-	@bash scripts/demo.sh
+demo:
+	@bash scripts/demo.sh  # runs scripts/setup.sh itself, to time it
 
 bench: setup
 	$(PY) bench/train_throughput.py && $(PY) bench/rag_latency.py && $(PY) bench/serve_throughput.py
