@@ -220,6 +220,8 @@ class ServeConfig(Section):
     n_ctx: int = Field(2048, gt=0)
     n_threads: int | None = Field(None, gt=0)
     parallel: int = Field(4, gt=0, description="sequences decoded together")
+    prefix_cache: bool = Field(True, description="llama.cpp engine: a request reuses the KV of the longest prompt "
+                               "prefix a free slot still holds (persona, grounding rules, earlier turns)")
     max_queue: int = Field(32, gt=0)
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys that open this assistant's models (or "
                                 "`sha256:<hex>` digests of keys); any key makes every route but /health need one")

@@ -94,9 +94,9 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
     return value
 
 
-# Knobs that change how fast a stage runs, not what it makes (the same gradient in more or fewer micro-batches): kept
-# out of every key, so tuning them never reruns a stage.
-_SPEED_KNOBS = {"train": {"micro_batch_tokens"}}
+# Knobs that change how fast a stage runs or a model serves, not what is made (the same gradient in more or fewer
+# micro-batches; the same KV, reused): kept out of every key, so tuning them never reruns a stage.
+_SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache"}}
 
 
 @dataclass(frozen=True)

@@ -327,3 +327,45 @@ def test_cancelling_frees_the_sequence_and_its_slot(engine):
     assert running.generated <= generated + 2 < 400  # at most the step in flight after the close
     assert queued.cancelled and queued.sampler is None and queued.generated == 0 and queued.slot == -1
     assert after == before and after.strip()
+
+
+def test_a_shared_prefix_is_not_prefilled_again_and_answers_stay_the_same(engine):
+    """Prefix reuse: a request whose prompt starts like the slot's last one (the persona's system turn) prefills only
+    the rest, and answers exactly as it does with the slot cleared first; a prompt sharing nothing reuses nothing."""
+    from serve.engines.base import GenParams, Usage
+
+    system = {"role": "system", "content": "You are Captain Byte, the cheerful pirate-voiced support assistant of "
+                                           "Byte Harbor Cloud. Every reply begins with \"Ahoy!\"."}
+
+    def ask(question: str) -> tuple[str, Usage]:
+        usage = Usage()
+        params = GenParams("m", [system, {"role": "user", "content": question}], max_tokens=16, temperature=0)
+
+        async def run() -> str:
+            return "".join([d.text async for d in engine.stream_chat(params, usage)])
+
+        return asyncio.run(run()), usage
+
+    assert engine.prefix_cache
+    ask(QUESTIONS[0])
+    reused, usage = ask(QUESTIONS[1])
+    system_ids = engine.prompt_tokens(GenParams("m", [system, {"role": "user", "content": ""}]))
+    assert len(system_ids) - 8 <= usage.cached_tokens < usage.prompt_tokens  # the system turn, not the question
+    again, usage_again = ask(QUESTIONS[1])  # the whole prompt is cached now: one token is decoded for its logits
+    assert usage_again.cached_tokens == usage_again.prompt_tokens - 1
+    engine.prefix_cache = False
+    try:
+        fresh, cold = ask(QUESTIONS[1])
+    finally:
+        engine.prefix_cache = True
+    assert cold.cached_tokens == 0
+    assert reused == again == fresh and fresh.strip()
+    plain = GenParams("m", [{"role": "user", "content": QUESTIONS[2]}], prompt="Once upon a time", max_tokens=4,
+                      temperature=0)
+    usage = Usage()
+
+    async def run_plain() -> str:
+        return "".join([d.text async for d in engine.stream_chat(plain, usage)])
+
+    asyncio.run(run_plain())
+    assert usage.cached_tokens == 0  # a raw completion shares no prefix with the chat template

@@ -52,6 +52,7 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV an earlier request left (not prefilled again)
     prompt_ns: int = 0
     eval_ns: int = 0
 

@@ -71,7 +71,8 @@ class LlamaCppEngine(BaseEngine):
                               "json_schema", "presence_penalty", "frequency_penalty", "repeat_penalty"})
 
     def __init__(self, gguf: str | Path, model_ids: list[str] | None = None, n_ctx: int = 2048, parallel: int = 4,
-                 n_threads: int | None = None, n_batch: int = 512, kv_unified: bool = False, flash_attn: int = 1):
+                 n_threads: int | None = None, n_batch: int = 512, kv_unified: bool = False, flash_attn: int = 1,
+                 prefix_cache: bool = True):
         super().__init__(model_ids, n_ctx)
         self.gguf = Path(gguf)
         self.requested_ctx = n_ctx
@@ -86,6 +87,12 @@ class LlamaCppEngine(BaseEngine):
         self._stop = False
         self._thread: threading.Thread | None = None
         self._pieces: dict[int, bytes] = {}
+        # Prefix reuse: a slot keeps its KV after a request, and a new request takes the free slot whose cached tokens
+        # share the longest prefix with its prompt (the persona + grounding rules, a chat's earlier turns), so only
+        # the rest is prefilled. The same tokens in the same positions: the same KV, so no request sees another's.
+        self.prefix_cache = prefix_cache
+        self._kv: dict[int, list[int]] = {}  # slot -> the tokens whose KV it holds, in order from position 0
+        self.reused_tokens = 0  # prompt tokens not prefilled again, since load
 
     # ------------------------------------------------------------------------------------------------ loading
     async def load(self) -> None:
@@ -258,8 +265,7 @@ class LlamaCppEngine(BaseEngine):
                     if s.cancelled:
                         self._free_seq(s)
                         continue
-                    s.slot = self._free.pop()
-                    self.lc.llama_memory_seq_rm(self.ctx.memory, s.slot, -1, -1)
+                    self._take_slot(s)
                     self._active.append(s)
             try:
                 self._step()
@@ -267,6 +273,27 @@ class LlamaCppEngine(BaseEngine):
                 log.exception("decode step failed")
                 for s in list(self._active):
                     self._finish(s, None, EngineError(f"generation failed: {e}"))
+
+    def _take_slot(self, s: _Seq) -> None:
+        """Give `s` the free slot sharing the longest prefix with its prompt; the slot's KV past that is dropped and
+        the prompt is prefilled from there (one prompt token at least, for its logits)."""
+        empty = [free for free in self._free if not self._kv.get(free)]  # a miss spares the slots that hold a cache
+        slot, keep = (empty or self._free)[-1], 0
+        if self.prefix_cache:
+            for free in reversed(self._free):
+                n = _common_prefix(self._kv.get(free, ()), s.tokens)
+                if n > keep:
+                    slot, keep = free, n
+        self._free.remove(slot)
+        keep = min(keep, len(s.tokens) - 1)
+        mem = self.ctx.memory
+        if keep <= 0 or not self.lc.llama_memory_seq_rm(mem, slot, keep, -1):
+            self.lc.llama_memory_seq_rm(mem, slot, -1, -1)
+            keep = 0
+        s.slot, s.prefilled, s.n_past = slot, keep, keep
+        s.usage.cached_tokens = keep
+        self.reused_tokens += keep
+        self._kv[slot] = list(s.tokens[:keep])
 
     def _step(self) -> None:
         for s in [s for s in self._active if s.cancelled]:
@@ -279,6 +306,7 @@ class LlamaCppEngine(BaseEngine):
             s.logit_idx = -1
             if s.next_token is not None:
                 self._add(b, n, s.next_token, s.n_past, s.slot, True)
+                self._kv[s.slot].append(s.next_token)
                 s.logit_idx, s.next_token = n, None
                 n += 1
                 s.n_past += 1
@@ -291,6 +319,7 @@ class LlamaCppEngine(BaseEngine):
                 for j, t in enumerate(chunk):
                     self._add(b, n, t, s.n_past + j, s.slot, done and j == len(chunk) - 1)
                     n += 1
+                self._kv[s.slot] += chunk
                 s.n_past += len(chunk)
                 s.prefilled += len(chunk)
                 budget -= len(chunk)
@@ -302,6 +331,8 @@ class LlamaCppEngine(BaseEngine):
             return
         rc = self.lc.llama_decode(self.ctx.ctx, b)
         if rc != 0:
+            for s in stepping:  # what the failed batch left in these slots is unknown: never reuse it
+                self._kv.pop(s.slot, None)
             raise RuntimeError(f"llama_decode returned {rc}")
         for s in stepping:
             if s.logit_idx >= 0:
@@ -356,7 +387,9 @@ class LlamaCppEngine(BaseEngine):
     def _release(self, s: _Seq) -> None:
         if s in self._active:
             self._active.remove(s)
-            self.lc.llama_memory_seq_rm(self.ctx.memory, s.slot, -1, -1)
+            if not self.prefix_cache or s.slot not in self._kv:  # else the slot keeps its KV for the next prompt
+                self.lc.llama_memory_seq_rm(self.ctx.memory, s.slot, -1, -1)
+                self._kv.pop(s.slot, None)
             self._free.append(s.slot)
         self._free_seq(s)
 
@@ -371,6 +404,16 @@ class LlamaCppEngine(BaseEngine):
             s.loop.call_soon_threadsafe(s.out.put_nowait, item)
         except RuntimeError:  # the event loop is closed (shutdown)
             pass
+
+
+def _common_prefix(a: Any, b: list[int]) -> int:
+    """How many leading tokens two id sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _holdback(text: str, stops: list[str]) -> int:
