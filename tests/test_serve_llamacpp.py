@@ -346,18 +346,18 @@ def test_a_shared_prefix_is_not_prefilled_again_and_answers_stay_the_same(engine
 
         return asyncio.run(run()), usage
 
-    assert engine.prefix_cache
+    assert engine.slots.enabled
     ask(QUESTIONS[0])
     reused, usage = ask(QUESTIONS[1])
     system_ids = engine.prompt_tokens(GenParams("m", [system, {"role": "user", "content": ""}]))
     assert len(system_ids) - 8 <= usage.cached_tokens < usage.prompt_tokens  # the system turn, not the question
     again, usage_again = ask(QUESTIONS[1])  # the whole prompt is cached now: one token is decoded for its logits
     assert usage_again.cached_tokens == usage_again.prompt_tokens - 1
-    engine.prefix_cache = False
+    engine.slots.enabled = False
     try:
         fresh, cold = ask(QUESTIONS[1])
     finally:
-        engine.prefix_cache = True
+        engine.slots.enabled = True
     assert cold.cached_tokens == 0
     assert reused == again == fresh and fresh.strip()
     plain = GenParams("m", [{"role": "user", "content": QUESTIONS[2]}], prompt="Once upon a time", max_tokens=4,

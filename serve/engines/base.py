@@ -15,7 +15,7 @@ from serve.params import GenParams
 
 __all__ = ["BaseEngine", "ContextLengthExceeded", "Engine", "EngineError", "EngineUnavailable", "GenDelta",
            "GenParams", "GenResult", "ModelNotFound", "QueueFull", "TokenLogprob", "UnsupportedParameter", "Usage",
-           "collect"]
+           "collect", "stop_holdback"]
 
 
 @dataclass
@@ -164,3 +164,14 @@ async def collect(stream: AsyncIterator[GenDelta], n: int, usage: Usage) -> GenR
             reasons[d.index] = d.finish_reason
     return GenResult(texts, reasons, usage.prompt_tokens, usage.completion_tokens, usage.prompt_ns, usage.eval_ns,
                      lps if any(lps) else None)
+
+
+def stop_holdback(text: str, stops: list[str]) -> int:
+    """How many trailing chars might start a stop string (kept back until the next token decides)."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                best = max(best, k)
+                break
+    return best

@@ -3,11 +3,11 @@
 llama-cpp-python's own server decodes one request at a time. Here one scheduler thread owns a llama_context with
 `n_seq_max = parallel` sequences, each in its own KV stream (`kv_unified=False`) with flash attention: measured here,
 that makes a sequence's greedy output bit-identical whether it is decoded alone or batched with 7 others (a unified
-cache changed 5 of 8 answers). Each step puts the next token of every decoding sequence plus
-prompt chunks of newly admitted ones into ONE `llama_decode` call, then samples each sequence with its own llama.cpp
-sampler chain (temperature/top-p/top-k/seed/penalties/grammar). New requests join at the next step (continuous
-batching) and a finished or cancelled one frees its slot at once. The chat template is the GGUF's own
-(`tokenizer.chat_template`), rendered with llama-cpp-python's Jinja2ChatFormatter.
+cache changed 5 of 8 answers). Each step puts the next token of every decoding sequence plus prompt chunks of newly
+admitted ones into ONE `llama_decode` call, then samples each sequence with its own llama.cpp sampler chain. New
+requests join at the next step (continuous batching); a finished or cancelled one frees its slot at once, and the
+slot's KV stays for the next prompt that shares its prefix (serve/engines/prefix_cache.py). The chat template is the
+GGUF's own (`tokenizer.chat_template`), rendered with llama-cpp-python's Jinja2ChatFormatter.
 
 Threading: llama_decode runs in the scheduler thread (ctypes releases the GIL), results go back to each request's
 asyncio.Queue with call_soon_threadsafe, so streams never mix and the event loop never blocks on the model.
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from protege.errors import require
-from serve.engines.base import BaseEngine, EngineError, GenDelta, GenParams, TokenLogprob, Usage
+from serve.engines.base import BaseEngine, EngineError, GenDelta, GenParams, TokenLogprob, Usage, stop_holdback
+from serve.engines.prefix_cache import SlotCache
 
 log = logging.getLogger("protege.serve")
 
@@ -87,12 +88,7 @@ class LlamaCppEngine(BaseEngine):
         self._stop = False
         self._thread: threading.Thread | None = None
         self._pieces: dict[int, bytes] = {}
-        # Prefix reuse: a slot keeps its KV after a request, and a new request takes the free slot whose cached tokens
-        # share the longest prefix with its prompt (the persona + grounding rules, a chat's earlier turns), so only
-        # the rest is prefilled. The same tokens in the same positions: the same KV, so no request sees another's.
-        self.prefix_cache = prefix_cache
-        self._kv: dict[int, list[int]] = {}  # slot -> the tokens whose KV it holds, in order from position 0
-        self.reused_tokens = 0  # prompt tokens not prefilled again, since load
+        self.slots = SlotCache(prefix_cache)  # prefix reuse (serve/engines/prefix_cache.py)
 
     # ------------------------------------------------------------------------------------------------ loading
     async def load(self) -> None:
@@ -275,25 +271,16 @@ class LlamaCppEngine(BaseEngine):
                     self._finish(s, None, EngineError(f"generation failed: {e}"))
 
     def _take_slot(self, s: _Seq) -> None:
-        """Give `s` the free slot sharing the longest prefix with its prompt; the slot's KV past that is dropped and
-        the prompt is prefilled from there (one prompt token at least, for its logits)."""
-        empty = [free for free in self._free if not self._kv.get(free)]  # a miss spares the slots that hold a cache
-        slot, keep = (empty or self._free)[-1], 0
-        if self.prefix_cache:
-            for free in reversed(self._free):
-                n = _common_prefix(self._kv.get(free, ()), s.tokens)
-                if n > keep:
-                    slot, keep = free, n
+        """Give `s` the free slot sharing the longest prefix with its prompt, its KV past that prefix dropped."""
+        slot, keep = self.slots.choose(self._free, s.tokens)
         self._free.remove(slot)
-        keep = min(keep, len(s.tokens) - 1)
         mem = self.ctx.memory
         if keep <= 0 or not self.lc.llama_memory_seq_rm(mem, slot, keep, -1):
             self.lc.llama_memory_seq_rm(mem, slot, -1, -1)
             keep = 0
+        self.slots.start(slot, s.tokens, keep)
         s.slot, s.prefilled, s.n_past = slot, keep, keep
         s.usage.cached_tokens = keep
-        self.reused_tokens += keep
-        self._kv[slot] = list(s.tokens[:keep])
 
     def _step(self) -> None:
         for s in [s for s in self._active if s.cancelled]:
@@ -306,7 +293,7 @@ class LlamaCppEngine(BaseEngine):
             s.logit_idx = -1
             if s.next_token is not None:
                 self._add(b, n, s.next_token, s.n_past, s.slot, True)
-                self._kv[s.slot].append(s.next_token)
+                self.slots.add(s.slot, [s.next_token])
                 s.logit_idx, s.next_token = n, None
                 n += 1
                 s.n_past += 1
@@ -319,7 +306,7 @@ class LlamaCppEngine(BaseEngine):
                 for j, t in enumerate(chunk):
                     self._add(b, n, t, s.n_past + j, s.slot, done and j == len(chunk) - 1)
                     n += 1
-                self._kv[s.slot] += chunk
+                self.slots.add(s.slot, chunk)
                 s.n_past += len(chunk)
                 s.prefilled += len(chunk)
                 budget -= len(chunk)
@@ -332,7 +319,7 @@ class LlamaCppEngine(BaseEngine):
         rc = self.lc.llama_decode(self.ctx.ctx, b)
         if rc != 0:
             for s in stepping:  # what the failed batch left in these slots is unknown: never reuse it
-                self._kv.pop(s.slot, None)
+                self.slots.forget(s.slot)
             raise RuntimeError(f"llama_decode returned {rc}")
         for s in stepping:
             if s.logit_idx >= 0:
@@ -366,7 +353,7 @@ class LlamaCppEngine(BaseEngine):
             if k >= 0:
                 s.pending = s.pending[:k]
                 return self._finish(s, "stop")
-        hold = _holdback(s.pending, p.stop)
+        hold = stop_holdback(s.pending, p.stop)
         out, s.pending = s.pending[:len(s.pending) - hold], s.pending[len(s.pending) - hold:]
         if out or lp:
             self._send(s, GenDelta(out, 0, None, lp))
@@ -387,9 +374,9 @@ class LlamaCppEngine(BaseEngine):
     def _release(self, s: _Seq) -> None:
         if s in self._active:
             self._active.remove(s)
-            if not self.prefix_cache or s.slot not in self._kv:  # else the slot keeps its KV for the next prompt
+            if not self.slots.keeps(s.slot):  # else the slot keeps its KV for the next prompt
                 self.lc.llama_memory_seq_rm(self.ctx.memory, s.slot, -1, -1)
-                self._kv.pop(s.slot, None)
+                self.slots.forget(s.slot)
             self._free.append(s.slot)
         self._free_seq(s)
 
@@ -405,23 +392,3 @@ class LlamaCppEngine(BaseEngine):
         except RuntimeError:  # the event loop is closed (shutdown)
             pass
 
-
-def _common_prefix(a: Any, b: list[int]) -> int:
-    """How many leading tokens two id sequences share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _holdback(text: str, stops: list[str]) -> int:
-    """How many trailing chars might start a stop string (kept back until the next token decides)."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                best = max(best, k)
-                break
-    return best
