@@ -26,7 +26,6 @@ class SlotCache:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.held: dict[int, list[int]] = {}
-        self.reused_tokens = 0  # prompt tokens not prefilled again, since load
 
     def choose(self, free: list[int], prompt: Sequence[int]) -> tuple[int, int]:
         """(slot, how many prompt tokens its KV already holds): the free slot with the longest shared prefix; on a
@@ -44,7 +43,6 @@ class SlotCache:
     def start(self, slot: int, prompt: Sequence[int], keep: int) -> None:
         """The slot now holds the prompt's first `keep` tokens (the engine dropped the rest of its KV)."""
         self.held[slot] = list(prompt[:keep])
-        self.reused_tokens += keep
 
     def add(self, slot: int, tokens: Sequence[int]) -> None:
         """Tokens just decoded into the slot, after the ones it holds."""
