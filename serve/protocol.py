@@ -139,10 +139,23 @@ class ChoiceLogprobs(Out):
     content: list[TokenLogprob] | None = None
 
 
+class PromptTokensDetails(Out):
+    cached_tokens: int = 0
+
+
 class Usage(Out):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @classmethod
+    def of(cls, usage: Any) -> "Usage":
+        """From the engine's Usage (serve/engines/base.py): the prompt tokens served from a kept KV prefix go where
+        OpenAI puts its prompt-cache hits, `prompt_tokens_details.cached_tokens`."""
+        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                   total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens))
 
 
 class AssistantMessage(Out):

@@ -113,8 +113,20 @@ def test_chat_completion_json(client):
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "Echo: hello there friend"}
     assert body["choices"][0]["finish_reason"] == "stop"
     # persona system prompt (2 words + 3) + user (3 words + 3) = 11 prompt tokens; 4 completion tokens
-    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15,
+                             "prompt_tokens_details": {"cached_tokens": 0}}  # the fake engine keeps no KV
     assert "sources" not in body and "confidence" not in body
+
+
+def test_usage_reports_reused_prefix_as_openai_cached_tokens():
+    """The engine's reused-prefix count (prefix reuse, serve/engines/prefix_cache.py) reaches clients where OpenAI
+    reports its prompt-cache hits."""
+    from serve import protocol as P
+    from serve.engines.base import Usage
+
+    wire = P.Usage.of(Usage(prompt_tokens=519, completion_tokens=40, cached_tokens=171)).model_dump(exclude_none=True)
+    assert wire == {"prompt_tokens": 519, "completion_tokens": 40, "total_tokens": 559,
+                    "prompt_tokens_details": {"cached_tokens": 171}}
 
 
 def test_chat_max_tokens_stop_and_n(client):

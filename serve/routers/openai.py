@@ -56,8 +56,7 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> An
         model=req.model,
         choices=[P.ChatChoice(index=i, message=P.AssistantMessage(content=t), finish_reason=reasons[i],
                               logprobs=_logprobs(lps[i]) if lps else None) for i, t in enumerate(texts)],
-        usage=P.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                      total_tokens=usage.prompt_tokens + usage.completion_tokens),
+        usage=P.Usage.of(usage),
         **prep.rag_fields())
     return JSONResponse(dump(out))
 
@@ -94,9 +93,7 @@ async def _chat_events(svc: Service, prep: Prepared, req: P.ChatCompletionReques
         yield {"data": json.dumps(error_body(str(e), e.code, e.type, e.param))}
         return
     if req.stream_options and req.stream_options.include_usage:
-        yield chunk(choices=[], usage=P.Usage(prompt_tokens=usage.prompt_tokens,
-                                              completion_tokens=usage.completion_tokens,
-                                              total_tokens=usage.prompt_tokens + usage.completion_tokens))
+        yield chunk(choices=[], usage=P.Usage.of(usage))
     if prep.sources is not None:
         yield chunk(choices=[], **prep.rag_fields())
     yield {"data": "[DONE]"}
@@ -121,8 +118,7 @@ async def completions(req: P.CompletionRequest, request: Request) -> Any:
         model=req.model,
         choices=[P.CompletionChoice(index=i, text=t, finish_reason=res.finish_reasons[i])  # type: ignore[arg-type]
                  for i, t in enumerate(res.texts)],
-        usage=P.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                      total_tokens=usage.prompt_tokens + usage.completion_tokens))
+        usage=P.Usage.of(usage))
     return JSONResponse(out.model_dump(exclude_none=True))
 
 
@@ -138,9 +134,7 @@ async def _completion_events(svc: Service, prep: Prepared, req: P.CompletionRequ
         yield {"data": json.dumps(error_body(str(e), e.code, e.type, e.param))}
         return
     if req.stream_options and req.stream_options.include_usage:
-        c = P.CompletionResponse(id=cid, created=created, model=req.model, choices=[], usage=P.Usage(
-            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens))
+        c = P.CompletionResponse(id=cid, created=created, model=req.model, choices=[], usage=P.Usage.of(usage))
         yield {"data": c.model_dump_json(exclude_none=True)}
     yield {"data": "[DONE]"}
 
