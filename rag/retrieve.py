@@ -99,6 +99,13 @@ class Retriever:
                 if t.isdigit() or _has_prefix(vocab, t) or (w.isupper() and t in prefixed):  # "ip55" ~ "IP",
                     continue  # "vcpu" ~ "CPU"
                 missing.append(t)
+        if not missing:  # each word is known, but is the name they make? "Chief Operating Officer", "Windows Server"
+            text = None
+            for phrase in name_phrases(question):
+                text = text if text is not None else _spaced(self._all_text(bm25))
+                initials = "".join(w[0] for w in phrase.split())
+                if f" {phrase} " not in text and initials not in vocab:  # "CFO" names "chief financial officer"
+                    missing.append(phrase)
         return missing
 
     def _prefixed(self, bm25, vocab: list[str]) -> set[str]:
@@ -170,6 +177,32 @@ def salient_words(question: str) -> list[str]:
         if has_digit or (w.isupper() and len(w) > 1) or (i > 0 and w[0].isupper()) or any(c.isupper() for c in w[1:]):
             out.append(w)
     return out
+
+
+def name_phrases(question: str) -> list[str]:
+    """Runs of two or more capitalised words past a sentence's first word, lower-cased ("Who is Byte Harbor's Chief
+    Operating Officer?" -> "byte harbor", "chief operating officer"); a possessive ends a run."""
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+", question):
+        run: list[str] = []
+        words = re.findall(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9](?:['’]s\b)?|[A-Za-z0-9]", sentence)
+        for i, w in enumerate([*words, ""]):
+            possessive = re.search(r"['’]s$", w) is not None
+            w = re.sub(r"['’]s$", "", w)
+            if i > 0 and w[:1].isupper() and not w.isupper():
+                run.append(w.lower())
+                if not possessive:
+                    continue
+            if len(run) >= 2:
+                out.append(" ".join(run))
+            run = []
+    return out
+
+
+def _spaced(text: str) -> str:
+    """Lower-cased text as words separated by single spaces (possessives, markdown marks and punctuation dropped:
+    "Byte-Harbor's" -> "byte harbor"), padded with a space."""
+    return " " + " ".join(re.findall(r"[a-z0-9]+", re.sub(r"['’]s\b", "", text.lower()))) + " "
 
 
 _JOIN = r"[\s\-/]+(?:(?:of|and|the|for|&)[\s\-/]+)?"

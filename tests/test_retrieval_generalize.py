@@ -139,3 +139,18 @@ def test_described_not_named_questions_find_their_document(demo_kb):
     # an acronym the documents write with a letter before it (vCPU) is known; a name is not matched that way
     assert demo_kb.retriever.unknown_names("Which plan has CPU cores that are all mine?") == []
     assert demo_kb.retriever.unknown_names("Do you sell GPU servers?") == ["gpu"]
+    # every word is known but the name they make is not ("Windows" and "Server" each occur in the documents)
+    assert demo_kb.retriever.unknown_names("How much does a Windows Server license add to my bill?") == [
+        "windows server"]
+    assert demo_kb.retrieve("How much extra do you charge for a Windows Server license on a Sloop?").refused
+    for named in ("What does Harbor Priority cost?", "How many backups does Treasure Chest keep?",
+                  "My server lives in Singapore. Where do its backups go?"):  # a new sentence starts no name
+        assert demo_kb.retriever.unknown_names(named) == [], named
+
+
+def test_name_phrases_are_runs_of_capitalised_words():
+    from rag.retrieve import name_phrases
+
+    assert name_phrases("Who is Byte Harbor's Chief Operating Officer?") == ["byte harbor", "chief operating officer"]
+    assert name_phrases("My server lives in Singapore. Where do its backups go?") == []
+    assert name_phrases("Is the CEO of Byte Harbor Cloud on the Board?") == ["byte harbor cloud"]
