@@ -43,12 +43,13 @@ class Retriever:
         self.candidates = candidates or max(4 * top_k, 20)
         self._text: tuple[tuple[int, int], str] | None = None  # (BM25 index identity and version, all text)
         self._letter_dropped: tuple[tuple[int, int], set[str]] | None = None  # the same key; terms less 1st letter
+        self._spaced: tuple[tuple[int, int], str] | None = None  # the same key; all text as single-spaced words
         self._cross = None
 
     def invalidate(self) -> None:
         """Call after the collection changed. The BM25 index follows the store by itself (store.bm25()); this only
-        drops the lower-cased text kept for spelled-out acronyms."""
-        self._text = None
+        drops the lower-cased text kept for spelled-out acronyms and name phrases."""
+        self._text = self._spaced = None
 
     def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
         """Final ranked sources, best first, no gate applied (`qvec`: the question's embedding if already known)."""
@@ -100,13 +101,20 @@ class Retriever:
                     continue  # "vcpu" ~ "CPU"
                 missing.append(t)
         if not missing:  # each word is known, but is the name they make? "Chief Operating Officer", "Windows Server"
-            text = None
             for phrase in name_phrases(question):
-                text = text if text is not None else _spaced(self._all_text(bm25))
+                text = self._spaced_text(bm25)
                 initials = "".join(w[0] for w in phrase.split())
                 if f" {phrase} " not in text and initials not in vocab:  # "CFO" names "chief financial officer"
                     missing.append(phrase)
         return missing
+
+    def _spaced_text(self, bm25) -> str:
+        """All text as single-spaced words (see _spaced), kept once per version of the index: a name phrase is
+        looked up in it."""
+        key = (id(bm25), bm25.version)
+        if self._spaced is None or self._spaced[0] != key:
+            self._spaced = (key, _spaced(self._all_text(bm25)))
+        return self._spaced[1]
 
     def _prefixed(self, bm25, vocab: list[str]) -> set[str]:
         """Terms with their first letter dropped ("vcpu" -> "cpu", "esim" -> "sim"): a question's acronym "CPU" is
