@@ -144,6 +144,7 @@ def _run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool) -> dict:
     require("llama_cpp", "export")
     base_dir = resolve_base(cfg.base.model)
     arch = convert.check_supported(base_dir)
+    pair_base = quantize.pair_base_gguf(cfg) if cfg.export.lora_pair else None  # fails before minutes of merging
     stage = Path(tempfile.mkdtemp(dir=paths.root, prefix=STAGE_PREFIX))
     report: dict[str, Any] = {"name": cfg.name, "architecture": arch, "versions": _versions()}
     timings: dict[str, float] = {}
@@ -175,11 +176,17 @@ def _run(cfg: AssistantConfig, paths: AssistantPaths, bundle: bool) -> dict:
         report["verification"] = verify.verify_export(stage / "merged", ggufs, cfg.export.parity, PARITY_TEXT,
                                                       convs, eot, f16_key=out)
         lap("verify")
-        if cfg.export.lora_gguf and adapter is not None:
+        if (cfg.export.lora_gguf or pair_base) and adapter is not None:
             from export.lora_gguf import convert_lora
 
             lora = convert_lora(adapter, base_dir, gguf_dir / f"{cfg.name}-lora-{out}.gguf", out)
             report["lora_gguf"] = _file_info(lora)
+            if pair_base:
+                report["lora_pair"] = quantize.lora_pair(
+                    pair_base, lora, gguf_dir / f"{cfg.name}-lora-base.gguf", tokenizer, PARITY_TEXT,
+                    cfg.export.parity.positions, report["verification"]["perplexity"][out],
+                    cfg.export.parity.max_ppl_increase)
+            lap("lora")
         report["files"] = {q: _file_info(p) for q, p in ggufs.items()}
         report["template"] = {"translated": parts is not None, "note": note, "end_of_turn": eot,
                               "stops": parts.stops if parts else [t for t in dict.fromkeys([tokenizer.eos_token, eot]) if t]}

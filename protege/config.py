@@ -130,6 +130,9 @@ class ExportConfig(Section):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     parity: ParityConfig = Field(default_factory=ParityConfig)
     lora_gguf: bool = Field(False, description="also write the adapter alone as a LoRA GGUF")
+    lora_pair: bool = Field(False, description="also write the base's own Q4_1 GGUF (embedded base only) beside the "
+                                              "LoRA GGUF: a 4-bit-class pair at the merged model's perplexity, for "
+                                              "runtimes that load model_path=base + lora_path=adapter")
     num_ctx: int = Field(2048, gt=0, description="PARAMETER num_ctx in the Modelfile")
 
 
