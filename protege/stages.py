@@ -97,6 +97,22 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
 # Knobs that change how fast a stage runs or a model serves, not what is made (the same gradient in more or fewer
 # micro-batches; the same KV, reused): kept out of every key, so tuning them never reruns a stage.
 _SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache"}}
+# Knobs added after assistants were built, by section: left at their default they stay out of the keys (as
+# _NEW_KNOWLEDGE_KNOBS above), so upgrading protege does not rerun a stage; set, they count.
+_NEW_KNOBS = {"export": {"lora_pair"}}
+
+
+def _excluded(value: BaseModel, path: str) -> Any:
+    """What a Cfg read leaves out of its key: the speed knobs, and the new knobs a config leaves at their default."""
+    def unset(section: BaseModel | None, knobs: set[str]) -> set[str]:
+        return set() if section is None else {k for k in knobs if k not in section.model_fields_set}
+
+    if path == "":
+        out = {sec: set(knobs) for sec, knobs in _SPEED_KNOBS.items()}
+        for sec, knobs in _NEW_KNOBS.items():
+            out.setdefault(sec, set()).update(unset(getattr(value, sec, None), knobs))
+        return {sec: knobs for sec, knobs in out.items() if knobs}
+    return set(_SPEED_KNOBS.get(path, ())) | unset(value, _NEW_KNOBS.get(path, set())) or None
 
 
 @dataclass(frozen=True)
@@ -109,8 +125,7 @@ class Cfg(Read):
         value = _at(cfg, self.path)
         if not isinstance(value, BaseModel):
             return [value]
-        exclude = _SPEED_KNOBS if self.path == "" else _SPEED_KNOBS.get(self.path)
-        return [value.model_dump(mode="json", exclude=exclude)]
+        return [value.model_dump(mode="json", exclude=_excluded(value, self.path))]
 
 
 @dataclass(frozen=True)

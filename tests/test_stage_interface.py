@@ -95,6 +95,13 @@ def test_speed_knobs_never_rerun_a_stage_and_what_is_learned_does(inputs):
     assert changed == {"train", "eval", "export", "answers", "register"}
 
 
+def test_a_new_knob_left_at_its_default_reruns_nothing_and_set_it_does(inputs):
+    full = CONFIGS["full"]
+    assert _keys({**full, "export": {"lora_pair": False}}) != PINNED["full"]  # said, it counts
+    pair = _keys({**full, "export": {"lora_pair": True}})  # the export writes one more pair of files
+    assert {name for name, key in pair.items() if key != PINNED["full"][name]} == {"export", "answers", "register"}
+
+
 def test_plans_name_outputs_and_why_a_stage_does_not_apply(inputs):
     cfg = AssistantConfig.model_validate(CONFIGS["knowledge_new_knob"])
     paths = AssistantPaths.for_name(cfg.name)
