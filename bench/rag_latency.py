@@ -2,10 +2,13 @@
 (tuned HNSW, batched adds, persistent BM25 in rag/bm25_index.py) against the old one (Chroma's default HNSW and
 rank_bm25 rebuilt in memory from every document, which is what rag/retrieve.py did before), measured side by side:
 
-- index chunks/s: Store.add of precomputed vectors (the old add for the baseline), plus the real all-MiniLM-L6-v2
-  embedder's own chunks/s on a sample (embedding is the larger cost, reported apart);
+- index chunks/s: Store.add of precomputed vectors into an empty collection (Chroma's add with documents and
+  metadata, the BM25 update and its file write; the old add for the baseline). The real all-MiniLM-L6-v2 embedder's
+  own chunks/s on a sample (torch's default threads, as the indexer runs it) is reported apart, with the end-to-end
+  rate the two give together (`with_embedding_est`): embedding is by far the larger cost on a CPU;
 - hybrid query p50/p95: the real `Retriever.search` (hybrid=True, the knowledge config's defaults), the real query
-  embedding included; the first query (file load or rank_bm25 build) is reported apart as `cold_ms`;
+  embedding included; the first query (file load or rank_bm25 build) is reported apart as `cold_ms`; `parts`: each
+  step of the new one timed alone (embedding, Chroma query, BM25 top-n, the BM25-only candidates' vectors);
 - dense-only p95 (hybrid=False, embedding included) and recall@4 of the dense top-4 against an exact numpy search.
 
 Data. Chunk texts are 60-160 real English words (the embedder's vocabulary) drawn Zipf-like plus 40% from one of 300
@@ -256,7 +259,12 @@ def measure(kind: str, store, emb, vecs: np.ndarray, qs: list[str]) -> dict:
     t = time.perf_counter()
     hybrid.search(qs[0])  # cold: the baseline builds rank_bm25 from every document, the new one reads its file
     cold = time.perf_counter() - t
-    h_lat, d_lat, recall = [], [], []
+    # The exact search runs before the timed queries, not between them: numpy's BLAS threads keep spinning for a
+    # while after a matmul, and the next timed query paid for it (at 100k, p50 69 ms after it against 33 ms without).
+    qvs = np.asarray([emb.embed_query(q) for q in qs], np.float32)
+    exact = [np.argpartition(-(vecs @ qv), K)[:K] for qv in qvs]
+    time.sleep(0.5)  # BLAS threads idle again
+    h_lat, d_lat = [], []
     for q in qs:
         t = time.perf_counter()
         hybrid.search(q)
@@ -264,13 +272,35 @@ def measure(kind: str, store, emb, vecs: np.ndarray, qs: list[str]) -> dict:
         t = time.perf_counter()
         dense.search(q)
         d_lat.append(time.perf_counter() - t)
-        qv = np.asarray(emb.embed_query(q), np.float32)
-        got = {h.id for h in store.query(qv.tolist(), K)}
-        sims = vecs @ qv
-        exact = np.argpartition(-sims, K)[:K]
-        recall.append(len(got & {f"c{i}" for i in exact}) / K)
-    return {"cold_ms": round(cold * 1e3, 1), "hybrid": ms(h_lat), "dense": ms(d_lat),
-            "recall_at_4_vs_exact": round(float(np.mean(recall)), 4)}
+    recall = [len({h.id for h in store.query(qv.tolist(), K)} & {f"c{i}" for i in ex}) / K
+              for qv, ex in zip(qvs, exact)]
+    out = {"cold_ms": round(cold * 1e3, 1), "hybrid": ms(h_lat), "dense": ms(d_lat),
+           "recall_at_4_vs_exact": round(float(np.mean(recall)), 4)}
+    if kind == "new":
+        out["parts"] = parts(hybrid, qs[1:])
+    return out
+
+
+def parts(r, qs: list[str]) -> dict:
+    """Where a hybrid query's time goes, each step timed alone over the same questions: the embedding, Chroma's
+    HNSW query for the candidates (documents and metadata included), BM25's top-n, and fetching the BM25-only
+    candidates' vectors for their cosine."""
+    from rag.retrieve import bm25_tokens
+
+    steps: dict[str, list[float]] = {"embed": [], "chroma_query": [], "bm25_top": [], "cosine_fetch": []}
+    for q in qs:
+        t0 = time.perf_counter()
+        qv = r.embedder.embed_query(q)
+        t1 = time.perf_counter()
+        dense = r.store.query(qv, r.candidates)
+        t2 = time.perf_counter()
+        lexical = r.store.bm25().top(bm25_tokens(q), r.candidates)
+        t3 = time.perf_counter()
+        r._with_cosine([c for c in lexical if c not in {h.id for h in dense}], qv)
+        t4 = time.perf_counter()
+        for k, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            steps[k].append(dt)
+    return {k: ms(v) for k, v in steps.items()}
 
 
 def bench_size(n: int, args, emb, words: list[str], model, root: Path) -> dict:
@@ -286,7 +316,11 @@ def bench_size(n: int, args, emb, words: list[str], model, root: Path) -> dict:
         r = out[kind]
         print(f"{n:>7} {kind:>8}: index {r['index_chunks_per_s']:>6.1f} chunks/s{' (cached)' if r['cached'] else ''}"
               f" | hybrid p50 {r['hybrid']['p50_ms']:.1f} p95 {r['hybrid']['p95_ms']:.1f} ms (cold {r['cold_ms']:.0f})"
-              f" | dense p95 {r['dense']['p95_ms']:.1f} ms | recall@4 {r['recall_at_4_vs_exact']:.3f}", flush=True)
+              f" | dense p95 {r['dense']['p95_ms']:.1f} ms | recall@4 {r['recall_at_4_vs_exact']:.3f}"
+              f" | load {os.getloadavg()[0]:.2f}", flush=True)
+        if "parts" in r:
+            print("         parts p50/p95 ms: " + ", ".join(f"{k} {v['p50_ms']:.1f}/{v['p95_ms']:.1f}"
+                                                     for k, v in r["parts"].items()), flush=True)
     b, w = out["baseline"], out["new"]
     out["ratio_new_vs_baseline"] = {
         "index_chunks_per_s": round(w["index_chunks_per_s"] / b["index_chunks_per_s"], 2),
@@ -301,8 +335,9 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--embed-sample", type=int, default=384, help="real embeddings the vector model is fitted to")
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch intra-op threads for the query embedding (0: torch's default); recorded")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch intra-op threads for batch embedding (0: torch's default; a query always uses one, "
+                         "rag/embed.py); recorded")
     ap.add_argument("--vectors", choices=("topic", "gaussian"), default="topic",
                     help="topic: clustered like real embeddings of the texts; gaussian: unclustered, HNSW's worst case")
     ap.add_argument("--fresh-baseline", action="store_true", help="rebuild the cached baseline stores")
@@ -329,8 +364,13 @@ def main() -> int:
                     "vectors": args.vectors, "real_embedder_chunks_per_s": round(embed_rate, 1), "sizes": []}
     with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp:
         for n in args.sizes:
-            result["sizes"].append(bench_size(n, args, emb, words, model, Path(tmp)))
-            result["sizes"][-1]["loadavg"] = os.getloadavg()
+            size = bench_size(n, args, emb, words, model, Path(tmp))
+            rate = size["new"]["index_chunks_per_s"]
+            size["new"]["with_embedding_est"] = round(1 / (1 / rate + 1 / embed_rate), 1)
+            size["loadavg"] = os.getloadavg()
+            result["sizes"].append(size)
+            print(f"{n:>7}      new: index with the real embedding ~{size['new']['with_embedding_est']} chunks/s "
+                  f"(store {rate} + embedder {embed_rate:.1f})", flush=True)
     result["machine"]["loadavg_end"] = os.getloadavg()
     out = Path(__file__).parent / "results" / "rag_latency.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

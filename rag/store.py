@@ -25,12 +25,15 @@ from rag.bm25_index import Bm25Index
 log = logging.getLogger(__name__)
 
 # Set on new collections; Chroma's defaults (the collections made before) are M=16, construction_ef=100,
-# search_ef=100 (an old collection's search_ef is raised when it is opened: _raise_search_ef). bench/rag_latency.py at 100k synthetic chunks: recall@4 of the dense top-4 against an exact search
-# 0.38 with the defaults; with M=24 it is 0.89 / 0.93 / 0.96 / 0.99 at search_ef 600 / 1000 / 1500 / 2500, for a
-# Chroma query of about 11 / 13 / 15 / 19 ms (M=16 needs a larger search_ef for the same recall, M only changed the
-# add rate within the noise: Chroma's own SQLite writes, not HNSW, bound it). batch_size and sync_threshold stay
-# Chroma's: a sync_threshold above the collection's size means the HNSW file is never written and every process start
-# replays the whole log (21 s per 30k chunks here), and larger values gave no measurable add-rate gain.
+# search_ef=100 (an old collection's search_ef is raised when it is opened: _raise_search_ef). bench/rag_latency.py
+# at 100k synthetic chunks: recall@4 of the dense top-4 against an exact search 0.38 with the defaults; with M=24 it
+# is 0.89 / 0.93 / 0.96 / 0.99 at search_ef 600 / 1000 / 1500 / 2500, for a Chroma query of about 11 / 13 / 15 / 19 ms
+# (M=16 needs a larger search_ef for the same recall, M only changed the add rate within the noise: Chroma's own
+# SQLite writes, not HNSW, bound it). construction_ef 200 gave 0.96 at search_ef 1000 (0.94 with 100) but made the
+# HNSW part of an add 1.5x slower at 100k (190 against 278 vectors/s without documents, load 7-9): not worth it.
+# batch_size and sync_threshold stay Chroma's: a sync_threshold above the collection's size means the HNSW file is
+# never written and every process start replays the whole log (21 s per 30k chunks here), and larger values gave no
+# measurable add-rate gain.
 HNSW_PARAMS = {"hnsw:M": 24, "hnsw:construction_ef": 100, "hnsw:search_ef": 1500}
 
 
@@ -61,10 +64,13 @@ def make_client(persist_dir: Path | None = None, host: str | None = None, port: 
 class Store:
     """One Chroma collection of chunks; `writes` counts chunks added or deleted by this object (tests read it).
 
-    `bm25_recheck_s`: how often bm25() asks Chroma for the count to notice writers other than this object (a count
-    costs a few milliseconds, a query's budget is tens); this object's own writes are seen at once."""
+    `bm25_recheck_s`: how often bm25() asks Chroma for the count to notice writers other than this object; this
+    object's own writes are seen at once. A count costs ~9 ms at 100k chunks (a query's budget is tens, and one query
+    in ten paid it: the p95), so with an embedded Chroma it is skipped while the database file is untouched since a
+    count that agreed (reads never write it; see _db_signature)."""
 
     bm25_recheck_s = 1.0
+    db_settle_s = 2.0  # a file signature is trusted only once its mtime is this old (coarse clocks, a write under way)
 
     def __init__(self, client, collection: str, embedder_name: str = "", dim: int = 0):
         if len(collection) < 3:
@@ -81,6 +87,8 @@ class Store:
         self._bm25: Bm25Index | None = None
         self._bm25_lock = threading.RLock()
         self._bm25_checked = -1e18  # time.monotonic() of the last count comparison
+        self._db_files = _db_files(client)
+        self._db_seen: tuple | None = None  # the database's signature when the count last agreed, if settled
 
     @property
     def metadata(self) -> dict:
@@ -93,7 +101,8 @@ class Store:
                                                         embedding_function=None)
         with self._bm25_lock:
             self._bm25_index().delete_file()
-            self._bm25, self._bm25_checked = None, -1e18  # the next one is the new collection's (its file names it)
+            # the next index is the new collection's (its file names it)
+            self._bm25, self._bm25_checked, self._db_seen = None, -1e18, None
 
     def count(self) -> int:
         return self.col.count()
@@ -124,7 +133,8 @@ class Store:
         """`embeddings`: a list of vectors or a 2-D numpy array (no conversion to lists needed)."""
         with self._bm25_lock:
             bm25 = self._bm25_in_step()
-            self._bm25_checked = -1e18  # the next bm25() compares counts (and rebuilds if a write below failed)
+            # the next bm25() compares counts (and rebuilds if a write below failed)
+            self._bm25_checked, self._db_seen = -1e18, None
             b = self._batch()
             for s in range(0, len(ids), b):
                 self.col.add(ids=ids[s:s + b], embeddings=embeddings[s:s + b], documents=documents[s:s + b],
@@ -145,7 +155,7 @@ class Store:
             return
         with self._bm25_lock:
             bm25 = self._bm25_in_step()
-            self._bm25_checked = -1e18
+            self._bm25_checked, self._db_seen = -1e18, None
             b = self._batch()
             for s in range(0, len(ids), b):
                 self.col.delete(ids=ids[s:s + b])
@@ -162,15 +172,34 @@ class Store:
         with self._bm25_lock:
             now = time.monotonic()
             idx = self._bm25
-            if idx is not None and now - self._bm25_checked < self.bm25_recheck_s and not idx.stale_on_disk():
+            if idx is not None and not idx.stale_on_disk() and (
+                    now - self._bm25_checked < self.bm25_recheck_s
+                    or (self._db_seen is not None and self._db_seen == self._db_signature())):
                 return idx
+            sig = self._db_signature()  # read before the count: a write after it changes the signature
             idx = self._bm25_in_step()
             if idx is None:
                 idx = self._bm25_index()
                 idx.rebuild((cid, doc) for cid, _, doc in self.iter_all(include=("documents",)))
                 idx.save()
             self._bm25_checked = now
+            settled = sig is not None and time.time_ns() - max(m for m, _, _ in sig) > self.db_settle_s * 1e9
+            self._db_seen = sig if settled else None
             return idx
+
+    def _db_signature(self) -> tuple | None:
+        """(mtime, size, inode) of the embedded Chroma's database files (None for a server): any write by any
+        process changes it, Chroma's reads leave it alone (checked on chromadb 1.5)."""
+        if not self._db_files:
+            return None
+        out = []
+        for f in self._db_files:
+            try:
+                st = f.stat()
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except FileNotFoundError:
+                out.append((0, -1, 0))
+        return tuple(out)
 
     def _bm25_index(self) -> Bm25Index:
         if self._bm25 is None:
@@ -214,12 +243,24 @@ def _meta(embedder_name: str, dim: int) -> dict:
     return {"hnsw:space": "cosine", **HNSW_PARAMS, "embedder": embedder_name, "dim": dim}
 
 
-def _bm25_path(client, collection: str) -> Path | None:
-    """bm25-<collection>.npz in the folder of an embedded Chroma; None (memory only) for a Chroma server."""
+def _persist_dir(client) -> Path | None:
+    """The folder of an embedded Chroma; None for a Chroma server."""
     try:
         settings = client.get_settings()
     except Exception:
         return None
     if not getattr(settings, "is_persistent", False) or not getattr(settings, "persist_directory", None):
         return None
-    return Path(settings.persist_directory) / f"bm25-{collection}.npz"
+    return Path(settings.persist_directory)
+
+
+def _bm25_path(client, collection: str) -> Path | None:
+    """bm25-<collection>.npz in the folder of an embedded Chroma; None (memory only) for a Chroma server."""
+    folder = _persist_dir(client)
+    return folder / f"bm25-{collection}.npz" if folder else None
+
+
+def _db_files(client) -> list[Path]:
+    """The SQLite files an embedded Chroma writes (its journal mode may be WAL: then the -wal file changes first)."""
+    folder = _persist_dir(client)
+    return [folder / "chroma.sqlite3", folder / "chroma.sqlite3-wal"] if folder else []
