@@ -95,6 +95,17 @@ class AssistantPaths:
             return []
         return sorted(p.stem[len(prefix):] for p in self.gguf.glob(f"{prefix}*.gguf") if "lora" not in p.stem)
 
+    def lora_pair(self) -> tuple[Path, Path] | None:
+        """(base GGUF, LoRA GGUF) of the pair `export.lora_pair` wrote, served as `<name>:q4_1-lora`; None when the
+        export wrote none (its export_report.json names the two files)."""
+        try:
+            report = json.loads((self.gguf / "export_report.json").read_text(encoding="utf-8"))
+            load = report["lora_pair"]["load"]
+            base, lora = self.gguf / load["model_path"], self.gguf / load["lora_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (base, lora) if base.is_file() and lora.is_file() else None
+
     def ensure(self) -> "AssistantPaths":
         self.root.mkdir(parents=True, exist_ok=True)
         return self

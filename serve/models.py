@@ -25,8 +25,10 @@ BUSY_WAIT_S = 120.0  # how long a load waits for a resident engine to become idl
 
 
 def engine_key(spec: ModelSpec) -> str:
-    """Ids that share weights share one loaded engine (e.g. `name` and `name:q4_k_m`, or two personas on the base)."""
-    return str(spec.gguf) if spec.gguf else spec.assistant
+    """Ids that share weights share one loaded engine (e.g. `name` and `name:q4_k_m`, or two personas on the base);
+    a base with an adapter applied at load time is other weights than the base alone."""
+    key = str(spec.gguf) if spec.gguf else spec.assistant
+    return f"{key}+{spec.lora}" if spec.lora else key
 
 
 def keep_alive_seconds(value: Any) -> float | None:

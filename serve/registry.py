@@ -16,6 +16,7 @@ from protege.config import DEFAULT_BASE, AssistantConfig
 from protege.paths import AssistantPaths, list_assistants
 
 log = logging.getLogger("protege.serve")
+PAIR_TAG = "q4_1-lora"  # the id tag of export.lora_pair's base + adapter (protege/paths.py lora_pair)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ModelSpec:
     gguf: Path | None = None
     modified: float = 0.0
     aliases: list[str] = field(default_factory=list)
+    lora: Path | None = None         # a LoRA GGUF applied at load time over `gguf` (the q4_1-lora pair)
 
     @property
     def system_prompt(self) -> str:
@@ -88,19 +90,20 @@ class Registry:
         self.specs = specs
 
     def _specs_for(self, cfg: AssistantConfig, paths: AssistantPaths) -> list[ModelSpec]:
-        quants = paths.quants()
+        quants, pair = paths.quants(), paths.lora_pair()
         if not quants:
             gguf = self.embedded() if cfg.base.model == DEFAULT_BASE else None
             return [ModelSpec(cfg.name, cfg.name, "base", cfg, paths, gguf, _mtime(gguf), [f"{cfg.name}:latest"])]
+        files = {q: (paths.gguf_file(q), None) for q in quants}
+        if pair:
+            files[PAIR_TAG] = pair
         default = cfg.serve.quant or cfg.export.default_quant
-        if default not in quants:
-            default = next((q for q in ("q4_k_m", "q8_0", "f16") if q in quants), quants[0])
-        out = []
-        for q in quants:
-            f = paths.gguf_file(q)
-            out.append(ModelSpec(f"{cfg.name}:{q}", cfg.name, q, cfg, paths, f, _mtime(f)))
-        f = paths.gguf_file(default)
-        out.append(ModelSpec(cfg.name, cfg.name, default, cfg, paths, f, _mtime(f), [f"{cfg.name}:latest"]))
+        if default not in files:
+            default = next((q for q in ("q4_k_m", "q8_0", "f16") if q in files), quants[0])
+        out = [ModelSpec(f"{cfg.name}:{q}", cfg.name, q, cfg, paths, f, _mtime(f), lora=lora)
+               for q, (f, lora) in files.items()]
+        f, lora = files[default]
+        out.append(ModelSpec(cfg.name, cfg.name, default, cfg, paths, f, _mtime(f), [f"{cfg.name}:latest"], lora))
         return out
 
     def ids(self) -> list[str]:

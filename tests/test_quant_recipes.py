@@ -103,3 +103,49 @@ def test_export_writes_the_pair_at_the_merged_perplexity(tiny_model_dir, tiny_f1
     assert os.path.samefile(base, tiny_f16) or base.stat().st_size == tiny_f16.stat().st_size
     assert paths.quants() == ["f16", "q8_0"]
     assert report["default_quant"] == "q8_0"
+
+
+def test_the_server_serves_the_pair_as_the_merged_model(tiny_model_dir, tiny_f16, monkeypatch):
+    """The registry lists the pair as `<name>:q4_1-lora` (its own engine: the base alone is other weights), and the
+    real llama.cpp engine with the adapter applied at load gives the merged f16's log-probabilities, where the base
+    alone does not."""
+    import asyncio
+
+    from export import quantize
+    from export.pipeline import run
+    from serve.engines.base import GenParams
+    from serve.engines.llamacpp import LlamaCppEngine
+    from serve.models import engine_key
+    from serve.registry import PAIR_TAG, Registry
+
+    monkeypatch.setattr(quantize, "pair_base_gguf", lambda cfg: tiny_f16)
+    paths = AssistantPaths.for_name(NAME).ensure()
+    make_adapter(tiny_model_dir, paths.adapter)
+    write_val(paths)
+    cfg = make_config(tiny_model_dir, lora_pair=True)
+    run(cfg, paths)
+    reg = Registry([cfg], include_built=False)
+    pair, merged = reg.get(f"{NAME}:{PAIR_TAG}"), reg.get(f"{NAME}:f16")
+    assert pair is not None and pair.lora is not None and pair.lora.is_file() and os.path.samefile(pair.gguf,
+                                                                                                     paths.lora_pair()[0])
+    assert engine_key(pair) != engine_key(merged) and reg.get(NAME).lora is None  # the default stays q8_0
+
+    def top_logprobs(gguf: Path, lora: Path | None) -> list[float]:
+        engine = LlamaCppEngine(gguf, parallel=1, n_ctx=128, n_threads=1, lora=lora)
+
+        async def first() -> list[float]:
+            await engine.load()
+            try:
+                p = GenParams("m", prompt="The quick brown fox", max_tokens=1, temperature=0, logprobs=True,
+                              top_logprobs=5)
+                deltas = [d async for d in engine.stream_chat(p)]
+            finally:
+                await engine.close()
+            lp = next(d.logprobs[0] for d in deltas if d.logprobs)
+            return sorted((logprob for _, logprob in lp.top), reverse=True)
+        return asyncio.run(first())
+
+    want = top_logprobs(merged.gguf, None)
+    got, alone = top_logprobs(pair.gguf, pair.lora), top_logprobs(pair.gguf, None)
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-2
+    assert max(abs(a - b) for a, b in zip(alone, want)) > 5e-2, "the adapter must change the log-probabilities"

@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator
 
 from protege.errors import require
 from serve.engines.base import BaseEngine, EngineError, GenDelta, GenParams, TokenLogprob, Usage, stop_holdback
+from serve.engines.lora import attach as attach_lora, free as free_lora
 from serve.engines.prefix_cache import SlotCache
 
 log = logging.getLogger("protege.serve")
@@ -73,9 +74,10 @@ class LlamaCppEngine(BaseEngine):
 
     def __init__(self, gguf: str | Path, model_ids: list[str] | None = None, n_ctx: int = 2048, parallel: int = 4,
                  n_threads: int | None = None, n_batch: int = 512, kv_unified: bool = False, flash_attn: int = 1,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, lora: str | Path | None = None):
         super().__init__(model_ids, n_ctx)
         self.gguf = Path(gguf)
+        self.lora, self._adapter = (Path(lora) if lora else None), None  # serve/engines/lora.py
         self.requested_ctx = n_ctx
         self.parallel = parallel
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
@@ -120,6 +122,8 @@ class LlamaCppEngine(BaseEngine):
         cp.n_threads = cp.n_threads_batch = self.n_threads
         cp.no_perf = True
         self.ctx = _internals.LlamaContext(model=self.model, params=cp, verbose=False)
+        if self.lora:
+            self._adapter = attach_lora(lc, self.model, self.ctx, self.lora)
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -148,6 +152,7 @@ class LlamaCppEngine(BaseEngine):
         if self.loaded:
             self.lc.llama_batch_free(self.batch)
             self.ctx.close()
+            free_lora(self.lc, self._adapter)
             self.model.close()
             self.loaded = False
 
