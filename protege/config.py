@@ -219,7 +219,8 @@ class ServeConfig(Section):
     engine: Literal["llamacpp", "vllm", "fake"] = Field("llamacpp", description="llamacpp: CPU GGUF; vllm: GPU")
     host: str = "127.0.0.1"
     port: int = Field(11435, gt=0, lt=65536)
-    quant: str | None = Field(None, description="GGUF to serve; null: export.default_quant")
+    quant: str | None = Field(None, description="GGUF to serve: a quant tag, or q4_1-lora for the base + adapter pair "
+                                                "of export.lora_pair; null: export.default_quant")
     n_ctx: int = Field(2048, gt=0)
     n_threads: int | None = Field(None, gt=0)
     parallel: int = Field(4, gt=0, description="sequences decoded together")
