@@ -106,6 +106,12 @@ class ChatCompletionRequest(Request):
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:
         return _norm_stop(v)
 
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:  # as OpenAI: a 400, not top_logprobs silently ignored
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 

@@ -229,6 +229,15 @@ def test_unsupported_parameters_are_400(env):
         assert c.get("/health").status_code == 200
 
 
+def test_top_logprobs_without_logprobs_is_a_400_naming_it(client):
+    """As OpenAI answers it, instead of ignoring top_logprobs."""
+    err = assert_error(client.post("/v1/chat/completions", json={"model": "minimal", "messages": USER,
+                                                                 "top_logprobs": 3}), 400, None)
+    assert "top_logprobs" in err["message"] and "logprobs" in err["message"]
+    ok = client.post("/v1/chat/completions", json={"model": "minimal", "messages": USER, "top_logprobs": 0})
+    assert ok.status_code == 200  # 0 asks for nothing
+
+
 def test_the_400_names_the_capability_the_engine_lacks(env):
     """What a request asks is derived from it (GenParams.requested): each route names the first parameter the
     engine's capabilities lack, in a fixed order, and never calls the engine."""
