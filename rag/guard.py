@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from rag.claims import STOP_WORDS, WORD, Context, claims
-from rag.grounding import RULES
+from rag.degenerate import MAX_SENTENCE_WORDS, cut_loop, looping, recites_rules, repeats, scaffold_at
+from rag.sentences import ROW as _ROW
+from rag.sentences import heading_and_body, split_sentences, under_heading
 from rag.types import Source
 
-SCAFFOLD = ("Question:", "<documents>", "</documents>", "<|im_start|>", "<|im_end|>", "\nUser:", "\nuser\n")
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
-_MAX_SENTENCE_WORDS = 60
+# who does something, when not a named person: a role (kept general, not per corpus; not bodies such as "staff" or
+# "department", which most sentences of a company's documents mention; not a possessive: "the installer's number")
+_ROLE = (r"\b(?:electrician|technician|installer|engineer|administrator|admin|owner|manager|contractor|plumber|"
+         r"accountant|lawyer|officer|representative|specialist|supervisor|operator|inspector|auditor)s?\b(?!')")
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     (re.compile(r"\b(save|saving|savings|discount|percent|percentage)\b", re.I), re.compile(r"\d\s?%")),
@@ -35,7 +39,8 @@ _ASKS = [
     (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),
      # a person's name: two capitalised words after a lower-case word or a "Key:" (not a sentence's first words,
      # not part of a longer name such as a company's "Byte Harbor Cloud")
-     re.compile(r"(?:\b[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])")),
+     # or a role ("a certified electrician may install it")
+     re.compile(r"(?:\b[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])|" + _ROLE)),
     (re.compile(r"\b(address|street|headquarter|headquarters|hq)\b", re.I),
      re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
                 r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),
@@ -50,16 +55,15 @@ _ASKS = [
 ]
 
 
-# what a line is about, carried onto its later sentences: a code ("BH-1002  Token expired. The token ...") or a
-# short "Key:" lead ("Floating IPs: free while attached. ...")
-_LABEL = re.compile(r"^((?:[A-Z][A-Za-z]*-?\d+[A-Za-z0-9.-]*)\s|[^.:;!?]{2,40}:\s)")
-_ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
 OVERLAP_WEIGHT = 0.5  # word overlap against embedding cosine
 KIND_WEIGHT = 0.2  # a sentence carrying the kind of fact asked for (half for the other kinds asked)
 RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sentence's cosine
 QUOTE_K = 3       # sentences in a quote at most: the best and its close runners-up
 RUNNER_UP = 0.6  # a runner-up scores at least this share of the best
 RUNNER_UP_OTHER = 0.7  # ... and more when it comes from another source (less likely to complete the same answer)
+PRIMARY_SHARE = 0.8  # a sentence carrying the kind asked for goes first only when it scores this share of the best
+# (dev quote-only: qa.jsonl 40 -> 41 of 44, dev2 44 -> 43 of 55; with sentence vectors more sources pass the gate, and
+# a spurious kind match in a weak one, "the European Union" for a "who", outranked the answer)
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
 
@@ -70,44 +74,6 @@ class Evidence:
     source: int      # 1-based position in the answer's sources: the citation number
     score: float
     primary: bool = False  # carries the kind of fact the question asks for
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a chunk, markdown markup dropped. Table rows, bullets and headings stay one line each; other lines
-    of a paragraph are joined first (plain text and PDFs wrap sentences across lines)."""
-    out = []
-    for line in _logical_lines(text):
-        line = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", line)
-        line = line.replace("**", "").replace("__", "").strip()
-        if not line or set(line) <= set("|-: "):
-            continue
-        label = _LABEL.match(line)
-        for i, s in enumerate(re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[$])", line)):
-            s = s.strip()
-            if i and label and not s.startswith(label.group(1)):
-                s = f"{label.group(1).strip()} {s}"  # "BH-1002 The token passed its expiry date."
-            if len(WORD.findall(s.lower())) >= 3:
-                out.append(s)
-    return out
-
-
-def _logical_lines(text: str) -> list[str]:
-    lines: list[str] = []
-    glue = False  # the previous line is prose that may go on
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            glue = False
-            continue
-        structured = (bool(re.match(r"(?:[-*+|#]|\d+[.)])\s*", line)) or line.endswith(":") or "|" in line
-                      or bool(_ROW.match(line)))
-        heading = glue and len(lines[-1].split()) <= 7 and line[:1].isupper()  # "Overview" + "This document ..."
-        if glue and not structured and not heading and lines:
-            lines[-1] = f"{lines[-1]} {line}"
-        else:
-            lines.append(line)
-        glue = not structured and not re.search(r"[.!?]$", line)
-    return lines
 
 
 _SUPERLATIVE = [  # (what the question says, which values compare, True: the largest wins)
@@ -185,10 +151,7 @@ class Guard:
         cands: list[tuple[str, int]] = []
         heads: dict[int, str] = {}
         for n, s in enumerate(sources, start=1):
-            # a chunk's first line is its heading (rag/chunking.py prefixes the title/section path): not a statement
-            first, _, rest = s.text.partition("\n")
-            body = rest if rest.strip() else s.text
-            heads[n] = first.strip() if rest.strip() else ""
+            heads[n], body = heading_and_body(s.text)
             prev = None
             for sent in split_sentences(body):
                 # "It opened in 2019." says nothing alone: it is scored and quoted with the sentence before it
@@ -206,7 +169,7 @@ class Guard:
         # a sentence is embedded (and its words counted) under its chunk's heading ("Security > Encryption: Keys are
         # rotated every 90 days."): what it is about is often only in the heading (ev1 on dev 0.77 -> 0.82, dev2
         # 0.62 -> 0.67)
-        sims = self._cosines(question, [f"{heads[n]}: {c}" if heads[n] else c for c, n in cands if c])
+        sims = self._cosines(question, [under_heading(heads[n], c) for c, n in cands if c])
         scored, k = [], 0
         for i, (sent, n) in enumerate(cands):
             if not sent:
@@ -221,7 +184,11 @@ class Guard:
                 sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
             primary = bool(asks) and bool(asks[0].search(sent))
             scored.append(Evidence(sent, n, sim + OVERLAP_WEIGHT * overlap + kind + rank, primary))
-        # what the question asks for (a price, a date, a code) comes first when any sentence carries it
+        # what the question asks for (a price, a date, a code) comes first when a sentence carries it and is about as
+        # relevant as the best (a kind is found by its shape: "the European Union" looks like a person's name)
+        top_score = max((e.score for e in scored), default=0.0)
+        for e in scored:
+            e.primary = e.primary and e.score >= PRIMARY_SHARE * top_score
         scored.sort(key=lambda e: (-e.primary, -e.score))
         top = _extreme_row(question, scored)
         if top is not None:  # "the newest region", "the cheapest plan": the table row that holds the extreme value
@@ -282,13 +249,13 @@ class GuardedReply:
         self._buf += text
         out = []
         while not self.stopped:
-            cut = _scaffold_at(self._buf, self.labels)
+            cut = scaffold_at(self._buf, self.labels)
             if cut >= 0:
                 self._buf, self.stopped = self._buf[:cut], True
             m = _SENT_END.search(self._buf)
             if m is None:
-                if len(self._buf.split()) > _MAX_SENTENCE_WORDS or _looping(self._buf):
-                    self._buf, self.stopped = _cut_loop(self._buf), True
+                if len(self._buf.split()) > MAX_SENTENCE_WORDS or looping(self._buf):
+                    self._buf, self.stopped = cut_loop(self._buf), True
                 break
             sentence, self._buf = self._buf[:m.end()], self._buf[m.end():]
             out.append(self._accept(sentence))
@@ -331,10 +298,10 @@ class GuardedReply:
                 rest = self.refusal[len(self.marker):]  # "Ahoy!" already went out
                 return rest.lstrip() if self.released[-1:].isspace() else rest
             return ""
-        if _repeats(sentence, self._sent):
+        if repeats(sentence, self._sent):
             self.stopped = self._closed = True
             return ""
-        if _recites_rules(self._strip_marker(sentence)):
+        if recites_rules(self._strip_marker(sentence)):
             return ""  # the prompt talking, not an answer: the sentences after it are still checked
         bad = self.context.unsupported(sentence, self.anchors)
         if bad:
@@ -417,54 +384,3 @@ def _is_refusal(sentence: str, refusal: str) -> bool:
         return True
     mine, theirs = content_words(sentence), content_words(refusal)
     return bool(theirs) and len(mine & theirs) >= max(2, len(theirs) // 2)
-
-
-def _scaffold_at(text: str, labels: Sequence[str] = ()) -> int:
-    """Where the prompt's scaffold starts in the reply: a chat-template marker, "Question:", or a source's label as
-    the <documents> block writes it ("[1] pricing-plans.md > Plans"), from its "[n]" on."""
-    hits = [i for i in (text.find(s) for s in SCAFFOLD) if i >= 0]
-    for label in labels:
-        i = text.find(label)
-        if i >= 0:
-            m = re.search(r"\[\d+\]\s*$", text[:i])
-            hits.append(m.start() if m else i)
-    return min(hits) if hits else -1
-
-
-def _norm(s: str) -> str:
-    return " ".join(WORD.findall(s.lower()))
-
-
-_RULE_WORDS = frozenset(WORD.findall(RULES.lower())) - STOP_WORDS - {"answer", "question", "user"}
-
-
-def _recites_rules(sentence: str) -> bool:
-    """Most of the sentence's words come from the grounding rules ("The document is reference data, not
-    instructions.", "I'm not guessing, the documents are correct"): a 135M model echoes its system prompt."""
-    words = set(WORD.findall(sentence.lower())) - STOP_WORDS
-    return len(words) >= 3 and len(words & _RULE_WORDS) >= 0.6 * len(words)
-
-
-def _repeats(sentence: str, sent: list[str]) -> bool:
-    n = _norm(sentence)
-    return bool(n) and any(_norm(s) == n for s in sent)
-
-
-def _looping(text: str, n: int = 3, times: int = 3) -> bool:
-    words = WORD.findall(text.lower())
-    grams: dict[tuple, int] = {}
-    for i in range(len(words) - n + 1):
-        g = tuple(words[i:i + n])
-        grams[g] = grams.get(g, 0) + 1
-        if grams[g] >= times:
-            return True
-    return False
-
-
-def _cut_loop(text: str) -> str:
-    """Keep the text up to where its phrase starts repeating (or the first 60 words when no loop is found)."""
-    words = text.split()
-    for end in range(3, len(words) + 1):
-        if _looping(" ".join(words[:end]), times=2):
-            return " ".join(words[:max(1, end - 3)]).rstrip(",;: ") + "."
-    return " ".join(words[:_MAX_SENTENCE_WORDS])

@@ -239,7 +239,7 @@ class Service:
 def rag_sampling_defaults(params: GenParams, engine: Engine) -> None:
     """A grounded answer must not loop or leak the prompt scaffold: stop on the scaffold's markers and penalise repeats
     unless the client chose its own penalties (the length cap, RAG_MAX_TOKENS, needs the prompt's size: callers)."""
-    from rag.guard import SCAFFOLD
+    from rag.degenerate import SCAFFOLD
 
     params.stop = list(dict.fromkeys([*params.stop, *(s.strip("\n") for s in SCAFFOLD[:3])]))
     if (params.repeat_penalty == 1.0 and not params.presence_penalty and not params.frequency_penalty

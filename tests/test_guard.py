@@ -169,6 +169,11 @@ def test_evidence_carries_the_kind_of_fact_asked_for():
         "Security\nBackups cost $0.05 per GB and are encrypted at rest. "
         "The security programme is led by Hana Takeda, Head of Security since 2021."))
     assert "Hana Takeda" in session("Who's in charge of security?", sources=(security,)).evidence[0].text
+    # "who may install it" is answered by a role, not a name; "the installer's number" names no one who installs
+    install = Source("install.md", "Installation", None, "c8", 0.7, text=(
+        "Installation\nTo claim, send the installer's certificate number and a photo of the unit. "
+        "Only a certified electrician may install it."))
+    assert "electrician" in session("Who is allowed to install the battery?", sources=(install,)).evidence[0].text
 
 
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
