@@ -147,8 +147,12 @@ class KnowledgeConfig(Section):
     chunk_size: int = Field(200, gt=0, description="tokens of the embedder")
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, gt=0)
-    min_score: float = Field(0.35, ge=0, le=1, description="refuse when the best final score is below")
+    min_score: float = Field(0.35, ge=0, le=1, description="refuse when the best final score is below (calibrate it: "
+                                                           "`protege rag calibrate`)")
     hybrid: bool = Field(True, description="fuse BM25 with the dense ranking by reciprocal rank (helps codes, names)")
+    sentence_vectors: bool = Field(
+        True, description="also embed every chunk's sentences one by one: a chunk scores as its best sentence when "
+                          "that is closer to the question (one fact of a many-fact chunk); re-run calibrate")
     rerank: str | None = Field(None, description="local cross-encoder path; null: no rerank")
     unknown_name_factor: float = Field(
         0.5, ge=0, le=1,

@@ -55,8 +55,9 @@ def _hash_obj(*parts: Any) -> str:
 
 
 # Knobs added after assistants were built: left at their default they stay out of the keys, so upgrading protege does
-# not retrain every assistant; set, they count (max_file_mb changes what is indexed, hence the index key).
-_NEW_KNOWLEDGE_KNOBS = ("max_file_mb",)
+# not retrain every assistant; set, they count (max_file_mb changes what is indexed, hence the index key; an index
+# from before sentence_vectors is served from its chunk vectors until `protege index` fills the sentences in).
+_NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors")
 
 
 def _dump_knowledge(knowledge) -> Any:
@@ -99,7 +100,7 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
 _SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache"}}
 # Knobs added after assistants were built, by section: left at their default they stay out of the keys (as
 # _NEW_KNOWLEDGE_KNOBS above), so upgrading protege does not rerun a stage; set, they count.
-_NEW_KNOBS = {"export": {"lora_pair"}}
+_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": {"sentence_vectors"}}
 
 
 def _excluded(value: BaseModel, path: str) -> Any:

@@ -35,9 +35,11 @@ def chunk_ids(path: str, chunks: list[Chunk]) -> list[str]:
 
 
 def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, chunk_overlap: int = 30,
-                 progress: bool = False, batch_size: int | None = None, max_bytes: int | None = None) -> dict:
+                 progress: bool = False, batch_size: int | None = None, max_bytes: int | None = None,
+                 sentences: bool = False) -> dict:
     """Bring the collection in line with the folder; returns the report (see module doc). Files over `max_bytes` are
-    skipped with a warning (and lose their chunks, like a deleted file)."""
+    skipped with a warning (and lose their chunks, like a deleted file). `sentences`: also keep every chunk's
+    sentence vectors (rag/sentence_store.py), filling in those of chunks that lack them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ProtegeError(f"{folder}: knowledge folder not found")
@@ -111,11 +113,27 @@ def index_folder(folder: Path, store: Store, embedder, chunk_size: int = 200, ch
         store.add([i for i, *_ in to_add], vectors, texts, metas)
     if to_touch:
         store.update_metadata([i for i, *_ in to_touch], [_meta(c, d, signature, n) for _, c, d, _, n in to_touch])
+    if sentences:
+        kept = set().union(*(e["ids"] for e in stored.values())) - set(to_delete)
+        report["sentences_added"] = _fill_sentences(store, kept, {i: c.text for i, c, *_ in to_add},
+                                                    lambda t: embedder.embed(t, progress=progress, batch_size=batch_size))
     report.update(
         chunks_added=len(to_add), chunks_kept=len(to_touch), chunks_removed=len(set(to_delete)), chunks_total=store.count(),
         writes=store.writes, seconds=round(time.perf_counter() - t0, 3),
     )
     return report
+
+
+def _fill_sentences(store: Store, kept: set[str], added: dict[str, str], embed) -> int:
+    """Write the sentence vectors of the chunks that have none: the new ones, and kept ones from before sentence
+    vectors (or from a run killed between the two writes), whose text is read back from the store."""
+    have = store.sentences.parents()
+    todo = {cid: text for cid, text in added.items() if cid not in have}
+    missing = sorted(kept - have - set(added))
+    for s in range(0, len(missing), 1000):
+        got = store.col.get(ids=missing[s:s + 1000], include=["documents"])
+        todo.update({cid: doc or "" for cid, doc in zip(got["ids"], got["documents"])})
+    return store.sentences.add(list(todo), list(todo.values()), embed) if todo else 0
 
 
 def _whole(entry: dict) -> bool:

@@ -78,7 +78,8 @@ class KnowledgeBase:
                 from rag.retrieve import Retriever
 
                 self._retriever = Retriever(self.store, self.embedder, self.cfg.top_k, self.cfg.hybrid,
-                                            self.cfg.rerank, unknown_name_factor=self.cfg.unknown_name_factor)
+                                            self.cfg.rerank, unknown_name_factor=self.cfg.unknown_name_factor,
+                                            sentences=self.cfg.sentence_vectors)
             return self._retriever
 
     # --- operations ---------------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ class KnowledgeBase:
         self.store.writes = 0
         report = index_folder(self.folder, self.store, self.embedder, self.cfg.chunk_size, self.cfg.chunk_overlap,
                               progress=progress, batch_size=self.cfg.embed_batch_size,
-                              max_bytes=int(self.cfg.max_file_mb * 2**20))
+                              max_bytes=int(self.cfg.max_file_mb * 2**20), sentences=self.cfg.sentence_vectors)
         if self._retriever is not None:
             self._retriever.invalidate()
         report["report"] = str(write_report(report, self.report_dir))

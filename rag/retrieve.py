@@ -2,12 +2,17 @@
 
 Scores and the gate. The confidence gate (`knowledge.min_score`) compares against the FINAL scores, which always live
 in [0, 1] and mean the same thing whatever ranks them:
-- dense only: the cosine similarity of question and chunk (1 - Chroma's cosine distance, clamped at 0);
-- hybrid: reciprocal rank fusion (weight/(60 + rank) summed over the dense and the BM25 list, both weights 1 by
-  default: `lexical_weight=0.5` gave a better hit@1 on the dev questions but a worse hit@3) decides the ORDER, and each
-  fused chunk keeps its cosine similarity as its score (BM25-only candidates get theirs computed from their stored
-  vectors). RRF values themselves say nothing absolute (rank 1 always scores the same, relevant or not), so gating on
-  them would let every out-of-domain question through; the cosine keeps the threshold's meaning;
+- dense only: the cosine similarity of question and chunk (1 - Chroma's cosine distance, clamped at 0); with sentence
+  vectors (`knowledge.sentence_vectors`, rag/sentence_store.py) the better of the chunk's and its best sentence's;
+- hybrid: reciprocal rank fusion (weight/(60 + rank) summed over the dense and the BM25 list) decides the ORDER, and
+  each fused chunk keeps its cosine similarity as its score (BM25-only candidates get theirs computed from their
+  stored vectors). RRF values themselves say nothing absolute (rank 1 always scores the same, relevant or not), so
+  gating on them would let every out-of-domain question through; the cosine keeps the threshold's meaning. Weights:
+  both 1 with chunk vectors alone (`lexical_weight=0.5` gave a better hit@1 on the dev questions but a worse hit@3);
+  with sentence vectors BM25 counts half, since the dense list then finds the one sentence that answers: on every dev
+  file hit@1 and hit@3 were as good or better at 0.5 (qa_dev2 hit@1 0.915 -> 0.936, qa_paraphrases hit@3 0.96 -> 1.0,
+  train_qa hit@3 0.973 -> 1.0), and at 1 BM25 put first, for "How much does the Sloop server cost?", the chunk whose
+  example says "backups for a Sloop server ($14 per month) cost $2.80";
 - rerank: the cross-encoder's relevance probability (sigmoid of its logit), which is already in [0, 1]; the order and
   the score both come from it, so `protege rag calibrate` must be re-run after turning rerank on or off.
 Then, when the question names something (a capitalised word, an acronym, a code) that occurs nowhere in the documents,
@@ -22,6 +27,7 @@ import bisect
 import math
 import re
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,21 +41,25 @@ RRF_K = 60
 class Retriever:
     def __init__(self, store: Store, embedder, top_k: int = 4, hybrid: bool = False, rerank: str | None = None,
                  candidates: int | None = None, unknown_name_factor: float = 1.0, dense_weight: float = 1.0,
-                 lexical_weight: float = 1.0):
+                 lexical_weight: float | None = None, sentences: bool = False):
         self.store, self.embedder, self.top_k = store, embedder, top_k
-        self.dense_weight, self.lexical_weight = dense_weight, lexical_weight  # of the two lists in the RRF sum
+        self.sentences = sentences  # a chunk's dense score is also its best sentence's (rag/sentence_store.py)
+        # the weights of the two lists in the RRF sum; BM25 counts half once the dense list knows sentences (see the
+        # module doc)
+        self.dense_weight = dense_weight
+        self.lexical_weight = lexical_weight if lexical_weight is not None else (0.5 if sentences else 1.0)
         self.unknown_name_factor = unknown_name_factor
         self.hybrid, self.rerank_path = hybrid, rerank
         self.candidates = candidates or max(4 * top_k, 20)
-        self._text: tuple[tuple[int, int], str] | None = None  # (BM25 index identity and version, all text)
-        self._letter_dropped: tuple[tuple[int, int], set[str]] | None = None  # the same key; terms less 1st letter
-        self._spaced: tuple[tuple[int, int], str] | None = None  # the same key; all text as single-spaced words
+        # what is derived from the whole index, by name: ((BM25 index identity, version), value); see _per_version
+        self._derived: dict[str, tuple[tuple[int, int], Any]] = {}
         self._cross = None
 
     def invalidate(self) -> None:
         """Call after the collection changed. The BM25 index follows the store by itself (store.bm25()); this only
         drops the lower-cased text kept for spelled-out acronyms and name phrases."""
-        self._text = self._spaced = None
+        self._derived.pop("text", None)
+        self._derived.pop("spaced", None)
 
     def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
         """Final ranked sources, best first, no gate applied (`qvec`: the question's embedding if already known)."""
@@ -58,8 +68,11 @@ class Retriever:
             qvec = self.embedder.embed_query(question)
         n = max(k, self.candidates) if (self.hybrid or self.rerank_path) else k
         hits = self.store.query(qvec, n)
+        best = self.store.sentences.best(qvec, n) if self.sentences else {}
+        if best:
+            hits = self._lift(hits, best, qvec)[:n]
         if self.hybrid:
-            hits = self._fuse(question, qvec, hits, n)
+            hits = self._fuse(question, qvec, hits, n, best)
         if self.rerank_path:
             hits = self._rerank(question, hits)
         hits = hits[:k]
@@ -74,14 +87,19 @@ class Retriever:
         return [self.search(q, k, v) for q, v in zip(questions, vectors)]
 
     # --- hybrid -------------------------------------------------------------------------------------------------
+    def _per_version(self, name: str, bm25, make: Callable[[], Any]) -> Any:
+        """`make()`, kept under `name` until the BM25 index (hence the collection) changes."""
+        key = (id(bm25), bm25.version)
+        held = self._derived.get(name)
+        if held is None or held[0] != key:
+            held = self._derived[name] = (key, make())
+        return held[1]
+
     def _all_text(self, bm25) -> str:
         """Every chunk's lower-cased text, newline-joined in the store's order: only a question with an acronym needs
         it (is it spelled out somewhere?), so it is read from the store then, once per version of the index."""
-        key = (id(bm25), bm25.version)
-        if self._text is None or self._text[0] != key:
-            texts = [(doc or "").lower() for _, _, doc in self.store.iter_all(include=("documents",))]
-            self._text = (key, "\n".join(texts))
-        return self._text[1]
+        return self._per_version("text", bm25, lambda: "\n".join(
+            (doc or "").lower() for _, _, doc in self.store.iter_all(include=("documents",))))
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question (capitalised words past the first, acronyms, codes like t3.micro) of which no
@@ -111,20 +129,26 @@ class Retriever:
     def _spaced_text(self, bm25) -> str:
         """All text as single-spaced words (see _spaced), kept once per version of the index: a name phrase is
         looked up in it."""
-        key = (id(bm25), bm25.version)
-        if self._spaced is None or self._spaced[0] != key:
-            self._spaced = (key, _spaced(self._all_text(bm25)))
-        return self._spaced[1]
+        return self._per_version("spaced", bm25, lambda: _spaced(self._all_text(bm25)))
 
     def _prefixed(self, bm25, vocab: list[str]) -> set[str]:
         """Terms with their first letter dropped ("vcpu" -> "cpu", "esim" -> "sim"): a question's acronym "CPU" is
         the documents' vCPU. Kept once per version of the index."""
-        key = (id(bm25), bm25.version)
-        if self._letter_dropped is None or self._letter_dropped[0] != key:
-            self._letter_dropped = (key, {t[1:] for t in vocab if len(t) >= 4 and t[1:].isalpha()})
-        return self._letter_dropped[1]
+        return self._per_version("letter_dropped", bm25,
+                                 lambda: {t[1:] for t in vocab if len(t) >= 4 and t[1:].isalpha()})
 
-    def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int) -> list[Hit]:
+    def _lift(self, hits: list[Hit], best: dict[str, float], qvec: list[float]) -> list[Hit]:
+        """Each chunk scored by the better of its own cosine and its best sentence's; chunks found only through a
+        sentence join the list (their own cosine from their stored vector). A sentence whose chunk is gone adds
+        nothing."""
+        have = {h.id for h in hits}
+        hits = hits + self._with_cosine([cid for cid in best if cid not in have], qvec)
+        for h in hits:
+            h.score = max(h.score, best.get(h.id, 0.0))
+        return sorted(hits, key=lambda h: -h.score)
+
+    def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int,
+              best: dict[str, float] | None = None) -> list[Hit]:
         tokens = bm25_tokens(question)
         if not tokens:
             return dense
@@ -140,6 +164,7 @@ class Retriever:
         by_id = {h.id: h for h in dense}
         missing = [cid for cid in lexical if cid not in by_id]
         for h in self._with_cosine(missing, qvec):
+            h.score = max(h.score, (best or {}).get(h.id, 0.0))
             by_id[h.id] = h
         ranked = sorted(fused, key=lambda cid: (-fused[cid], -by_id[cid].score if cid in by_id else 0))
         return [by_id[cid] for cid in ranked if cid in by_id]
@@ -173,10 +198,13 @@ class Retriever:
         return sorted(hits, key=lambda h: -h.score)
 
 
+_NAME_WORD = r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]"  # a word as a name may be written: "t3.micro", "BH-5099"
+
+
 def salient_words(question: str) -> list[str]:
     """Words that name something: capitalised past the first word, all-caps acronyms, letter+digit codes, and words
     with a capital inside ("iPhone", "PostgreSQL") wherever they stand."""
-    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]|[A-Za-z0-9]", re.sub(r"['’]s\b", "", question))
+    words = re.findall(rf"{_NAME_WORD}|[A-Za-z0-9]", re.sub(r"['’]s\b", "", question))
     out = []
     for i, w in enumerate(words):
         has_digit = any(c.isdigit() for c in w)
@@ -193,7 +221,7 @@ def name_phrases(question: str) -> list[str]:
     out = []
     for sentence in re.split(r"(?<=[.!?])\s+", question):
         run: list[str] = []
-        words = re.findall(r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9](?:['’]s\b)?|[A-Za-z0-9]", sentence)
+        words = re.findall(rf"{_NAME_WORD}(?:['’]s\b)?|[A-Za-z0-9]", sentence)
         for i, w in enumerate([*words, ""]):
             possessive = re.search(r"['’]s$", w) is not None
             w = re.sub(r"['’]s$", "", w)

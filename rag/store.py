@@ -89,6 +89,16 @@ class Store:
         self._bm25_checked = -1e18  # time.monotonic() of the last count comparison
         self._db_files = _db_files(client)
         self._db_seen: tuple | None = None  # the database's signature when the count last agreed, if settled
+        self._sentences = None
+
+    @property
+    def sentences(self):
+        """The chunks' sentence vectors (rag/sentence_store.py), in their own collection; opened on first use."""
+        if self._sentences is None:
+            from rag.sentence_store import SentenceStore
+
+            self._sentences = SentenceStore(self.client, self.name, self.col.metadata or {})
+        return self._sentences
 
     @property
     def metadata(self) -> dict:
@@ -99,6 +109,7 @@ class Store:
         self.client.delete_collection(self.name)
         self.col = self.client.get_or_create_collection(self.name, metadata=_meta(embedder_name, dim),
                                                         embedding_function=None)
+        self.sentences.reset(_meta(embedder_name, dim))
         with self._bm25_lock:
             self._bm25_index().delete_file()
             # the next index is the new collection's (its file names it)
@@ -109,19 +120,7 @@ class Store:
 
     def iter_all(self, include: tuple[str, ...] = ("metadatas",), page: int = 5000) -> Iterator[tuple[str, dict, str]]:
         """(id, metadata, document) of every chunk, paged so a 100k collection is not one giant response."""
-        offset = 0
-        while True:
-            got = self.col.get(include=list(include), limit=page, offset=offset)
-            ids = got["ids"]
-            if not ids:
-                return
-            metas = got.get("metadatas") or [None] * len(ids)
-            docs = got.get("documents") or [None] * len(ids)
-            for i, m, d in zip(ids, metas, docs):
-                yield i, dict(m or {}), d or ""
-            if len(ids) < page:
-                return
-            offset += len(ids)
+        return iter_collection(self.col, include, page)
 
     def _batch(self) -> int:
         try:
@@ -160,6 +159,7 @@ class Store:
             for s in range(0, len(ids), b):
                 self.col.delete(ids=ids[s:s + b])
             self.writes += len(ids)
+            self.sentences.delete(ids)  # after the chunks: a sentence left behind is ignored, a chunk is not
             if bm25 is not None:
                 bm25.remove(ids)
                 bm25.save()
@@ -224,6 +224,24 @@ class Store:
         for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]):
             out.append(Hit(i, d or "", dict(m or {}), min(1.0, max(0.0, 1.0 - float(dist)))))
         return out
+
+
+def iter_collection(col, include: tuple[str, ...] = ("metadatas",),
+                    page: int = 5000) -> Iterator[tuple[str, dict, str]]:
+    """(id, metadata, document) of every record of a Chroma collection, read a page at a time."""
+    offset = 0
+    while True:
+        got = col.get(include=list(include), limit=page, offset=offset)
+        ids = got["ids"]
+        if not ids:
+            return
+        metas = got.get("metadatas") or [None] * len(ids)
+        docs = got.get("documents") or [None] * len(ids)
+        for i, m, d in zip(ids, metas, docs):
+            yield i, dict(m or {}), d or ""
+        if len(ids) < page:
+            return
+        offset += len(ids)
 
 
 def _raise_search_ef(col) -> None:

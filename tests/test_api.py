@@ -115,8 +115,9 @@ def volt(tmp_path_factory):
         engines.append(FakeEngine([spec.id], context_length=4096))
         return engines[-1]
 
+    # min_score: `protege rag calibrate` on tests/assets/rag_qa.jsonl picks 0.362 with sentence vectors (0.280 without)
     cfg = config_from_dict({"name": "volt", "persona": {"system_prompt": "You are Volt."},
-                            "knowledge": {"folder": str(CORPUS), "min_score": 0.35, "refusal": REFUSAL}})
+                            "knowledge": {"folder": str(CORPUS), "min_score": 0.36, "refusal": REFUSAL}})
     a = protege.Assistant(cfg, AssistantPaths(tmp_path_factory.mktemp("home") / "volt"), engine=factory)
     report = a.index()
     assert isinstance(report, IndexResult) and len(report.added) == 6 and report.added == report.raw["added"]

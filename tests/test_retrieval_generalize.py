@@ -97,7 +97,7 @@ def demo_kb(tmp_path_factory, embedder):
     from rag.knowledge import KnowledgeBase
 
     kb = KnowledgeBase.from_folder(DEMO / "knowledge", "demo-" + uuid.uuid4().hex[:6], tmp_path_factory.mktemp("c"),
-                                   min_score=0.35, top_k=4, hybrid=True, unknown_name_factor=0.5)
+                                   min_score=0.37, top_k=4, hybrid=True, unknown_name_factor=0.5)
     kb.index()
     return kb
 
@@ -122,13 +122,13 @@ def test_demo_dev_questions_in_other_words(demo_kb):
 
 
 def test_described_not_named_questions_find_their_document(demo_kb):
-    """Questions that name nothing from their document still rank it in the top 3 (and the first two pass the gate);
+    """Questions that name nothing from their document still rank it in the top 3 and pass the gate;
     a name the documents never mention, even camel-cased, gets the question refused, a spelled-out acronym does not."""
     for q, want, answered in [
             ("What does the biggest box with 32 gigs of memory cost per hour?", "pricing-plans.md", True),
             ("What compensation do I get when the managed name resolution service goes down?", "sla-and-credits.md", True),
             ("Which locations support putting a traffic distributor in front of my machines?",
-             "regions-and-datacenters.md", False)]:
+             "regions-and-datacenters.md", True)]:  # its chunk alone scores 0.32: its best sentence 0.38
         assert want in [s.path for s in demo_kb.search(q, k=3)], q
         assert demo_kb.retrieve(q).refused is not answered, q
     for q in ("How do I bake sourdough bread?", "What is Google Cloud's SLA for Compute Engine?",

@@ -100,6 +100,10 @@ def test_a_new_knob_left_at_its_default_reruns_nothing_and_set_it_does(inputs):
     assert _keys({**full, "export": {"lora_pair": False}}) != PINNED["full"]  # said, it counts
     pair = _keys({**full, "export": {"lora_pair": True}})  # the export writes one more pair of files
     assert {name for name, key in pair.items() if key != PINNED["full"][name]} == {"export", "answers", "register"}
+    assert _keys({**full, "knowledge": {**full["knowledge"], "sentence_vectors": True}}) != PINNED["full"]
+    chunks_only = _keys({**full, "knowledge": {**full["knowledge"], "sentence_vectors": False}})  # another index
+    assert {name for name, key in chunks_only.items() if key != PINNED["full"][name]} == {
+        "index", "data", "train", "eval", "export", "answers", "register"}
 
 
 def test_plans_name_outputs_and_why_a_stage_does_not_apply(inputs):

@@ -129,7 +129,7 @@ class OldRetriever:
                 texts.append((doc or "").lower())
             return BM25Okapi(tok) if ids else None, ids, sorted(vocab), "\n".join(texts)
 
-        def fuse(question, qvec, dense, n):
+        def fuse(question, qvec, dense, n, best=None):
             bm25, ids, _, _ = corpus()
             tokens = bm25_tokens(question)
             if bm25 is None or not tokens:
