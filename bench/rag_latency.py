@@ -180,23 +180,13 @@ def legacy_retriever(store, emb, **kw):
                             if not (t.isdigit() or retrieve._has_prefix(vocab, t))]
             return missing
 
-        def _fuse(self, question, qvec, dense, n):
+        def _lexical(self, question, n):  # the fusion itself is the same: only the BM25 plumbing differs
             bm25, ids, _, _ = self._corpus()
             tokens = retrieve.bm25_tokens(question)
             if bm25 is None or not tokens:
-                return dense
+                return []
             scores = bm25.get_scores(tokens)
-            lexical = [ids[i] for i in sorted(range(len(ids)), key=lambda i: -scores[i])[:n] if scores[i] > 0]
-            fused: dict[str, float] = {}
-            for rank, h in enumerate(dense):
-                fused[h.id] = fused.get(h.id, 0.0) + self.dense_weight / (retrieve.RRF_K + rank + 1)
-            for rank, cid in enumerate(lexical):
-                fused[cid] = fused.get(cid, 0.0) + self.lexical_weight / (retrieve.RRF_K + rank + 1)
-            by_id = {h.id: h for h in dense}
-            for h in self._with_cosine([c for c in lexical if c not in by_id], qvec):
-                by_id[h.id] = h
-            ranked = sorted(fused, key=lambda c: (-fused[c], -by_id[c].score if c in by_id else 0))
-            return [by_id[c] for c in ranked if c in by_id]
+            return [ids[i] for i in sorted(range(len(ids)), key=lambda i: -scores[i])[:n] if scores[i] > 0]
 
     return Legacy(store, emb, **kw)
 

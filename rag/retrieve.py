@@ -69,10 +69,9 @@ class Retriever:
         n = max(k, self.candidates) if (self.hybrid or self.rerank_path) else k
         hits = self.store.query(qvec, n)
         best = self.store.sentences.best(qvec, n) if self.sentences else {}
-        if best:
-            hits = self._lift(hits, best, qvec)[:n]
-        if self.hybrid:
-            hits = self._fuse(question, qvec, hits, n, best)
+        lexical = self._lexical(question, n) if self.hybrid else []
+        if best or lexical:
+            hits = self._lift(hits, best, lexical, qvec, n)
         if self.rerank_path:
             hits = self._rerank(question, hits)
         hits = hits[:k]
@@ -137,35 +136,32 @@ class Retriever:
         return self._per_version("letter_dropped", bm25,
                                  lambda: {t[1:] for t in vocab if len(t) >= 4 and t[1:].isalpha()})
 
-    def _lift(self, hits: list[Hit], best: dict[str, float], qvec: list[float]) -> list[Hit]:
-        """Each chunk scored by the better of its own cosine and its best sentence's; chunks found only through a
-        sentence join the list (their own cosine from their stored vector). A sentence whose chunk is gone adds
+    def _lift(self, hits: list[Hit], best: dict[str, float], lexical: list[str], qvec: list[float],
+              n: int) -> list[Hit]:
+        """The dense list with sentences (each chunk scored by the better of its own cosine and its best sentence's;
+        chunks found only through a sentence join it), fused with BM25's list when there is one. The chunks that only
+        a sentence or BM25 found are read with their stored vectors in one call; a sentence whose chunk is gone adds
         nothing."""
         have = {h.id for h in hits}
-        hits = hits + self._with_cosine([cid for cid in best if cid not in have], qvec)
-        for h in hits:
+        pool = hits + self._with_cosine([cid for cid in dict.fromkeys([*best, *lexical]) if cid not in have], qvec)
+        for h in pool:
             h.score = max(h.score, best.get(h.id, 0.0))
-        return sorted(hits, key=lambda h: -h.score)
+        dense = sorted((h for h in pool if h.id in have or h.id in best), key=lambda h: -h.score)[:n]
+        return self._fuse(dense, lexical, {h.id: h for h in pool}) if lexical else dense
 
-    def _fuse(self, question: str, qvec: list[float], dense: list[Hit], n: int,
-              best: dict[str, float] | None = None) -> list[Hit]:
+    def _lexical(self, question: str, n: int) -> list[str]:
+        """BM25's n best chunk ids with a score > 0 (ties in the store's order); [] for an empty index."""
         tokens = bm25_tokens(question)
-        if not tokens:
-            return dense
-        bm25 = self.store.bm25()
-        if bm25.count == 0:
-            return dense
-        lexical = bm25.top(tokens, n)  # BM25Okapi's n best with a score > 0, ties in the store's order
+        bm25 = self.store.bm25() if tokens else None
+        return bm25.top(tokens, n) if bm25 is not None and bm25.count else []
+
+    def _fuse(self, dense: list[Hit], lexical: list[str], by_id: dict[str, Hit]) -> list[Hit]:
+        """Reciprocal rank fusion of the dense list and BM25's ids, weighted; a tie goes to the better cosine."""
         fused: dict[str, float] = {}
         for rank, h in enumerate(dense):
             fused[h.id] = fused.get(h.id, 0.0) + self.dense_weight / (RRF_K + rank + 1)
         for rank, cid in enumerate(lexical):
             fused[cid] = fused.get(cid, 0.0) + self.lexical_weight / (RRF_K + rank + 1)
-        by_id = {h.id: h for h in dense}
-        missing = [cid for cid in lexical if cid not in by_id]
-        for h in self._with_cosine(missing, qvec):
-            h.score = max(h.score, (best or {}).get(h.id, 0.0))
-            by_id[h.id] = h
         ranked = sorted(fused, key=lambda cid: (-fused[cid], -by_id[cid].score if cid in by_id else 0))
         return [by_id[cid] for cid in ranked if cid in by_id]
 

@@ -21,9 +21,14 @@ from rag.sentences import embedded_sentences
 SUFFIX = "-sentences"
 
 
+def name_for(collection: str) -> str:
+    """The sentence collection beside the chunks' collection `collection`."""
+    return f"{collection}{SUFFIX}"[:512]
+
+
 class SentenceStore:
     def __init__(self, client, collection: str, metadata: dict):
-        self.client, self.name = client, f"{collection}{SUFFIX}"[:512]
+        self.client, self.name = client, name_for(collection)
         self.col = client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
 
     def count(self) -> int:
@@ -34,20 +39,25 @@ class SentenceStore:
         self.col = self.client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
 
     def add(self, chunk_ids: list[str], chunk_texts: list[str], embed, batch: int = 1000) -> int:
-        """Embed and store the sentences of these chunks (replacing any they had); returns how many were written."""
-        self.delete(chunk_ids)
-        ids, texts, metas = [], [], []
-        for cid, text in zip(chunk_ids, chunk_texts):
-            for n, sentence in enumerate(embedded_sentences(text)):
-                ids.append(f"{cid}:{n}")
-                texts.append(sentence)
-                metas.append({"parent": cid})
-        if not ids:
+        """Embed and store the sentences of these chunks, which have none stored (rag/index.py passes new chunks and
+        those missing from parents()); returns how many were written. A write call never splits one chunk's
+        sentences, so a run cut between two calls leaves each chunk with all of its sentences or none, and the next
+        `index` fills in the ones with none."""
+        groups = [[(f"{cid}:{n}", s) for n, s in enumerate(embedded_sentences(text))]
+                  for cid, text in zip(chunk_ids, chunk_texts)]
+        texts = [s for g in groups for _, s in g]
+        if not texts:
             return 0
-        vectors = embed(texts)
-        for s in range(0, len(ids), batch):
-            self.col.add(ids=ids[s:s + batch], embeddings=vectors[s:s + batch], metadatas=metas[s:s + batch])
-        return len(ids)
+        vectors, at = embed(texts), 0
+        ids: list[str] = []
+        metas: list[dict] = []
+        for n, (cid, g) in enumerate(zip(chunk_ids, groups), start=1):
+            ids += [i for i, _ in g]
+            metas += [{"parent": cid}] * len(g)
+            if ids and (len(ids) >= batch or n == len(groups)):
+                self.col.add(ids=ids, embeddings=vectors[at:at + len(ids)], metadatas=metas)
+                at, ids, metas = at + len(ids), [], []
+        return len(texts)
 
     def delete(self, chunk_ids: Iterable[str], batch: int = 500) -> None:
         chunk_ids = list(chunk_ids)

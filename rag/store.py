@@ -100,6 +100,20 @@ class Store:
             self._sentences = SentenceStore(self.client, self.name, self.col.metadata or {})
         return self._sentences
 
+    def _stored_sentences(self):
+        """The sentence collection if there is one: deleting chunks or resetting an index without sentence vectors
+        must not create an empty one."""
+        if self._sentences is None:
+            from chromadb.errors import NotFoundError
+
+            from rag.sentence_store import name_for
+
+            try:
+                self.client.get_collection(name_for(self.name), embedding_function=None)
+            except (NotFoundError, ValueError):  # ValueError: older Chroma clients
+                return None
+        return self.sentences
+
     @property
     def metadata(self) -> dict:
         return dict(self.col.metadata or {})
@@ -109,7 +123,8 @@ class Store:
         self.client.delete_collection(self.name)
         self.col = self.client.get_or_create_collection(self.name, metadata=_meta(embedder_name, dim),
                                                         embedding_function=None)
-        self.sentences.reset(_meta(embedder_name, dim))
+        if (sentences := self._stored_sentences()) is not None:
+            sentences.reset(_meta(embedder_name, dim))
         with self._bm25_lock:
             self._bm25_index().delete_file()
             # the next index is the new collection's (its file names it)
@@ -159,7 +174,8 @@ class Store:
             for s in range(0, len(ids), b):
                 self.col.delete(ids=ids[s:s + b])
             self.writes += len(ids)
-            self.sentences.delete(ids)  # after the chunks: a sentence left behind is ignored, a chunk is not
+            if (sentences := self._stored_sentences()) is not None:  # after the chunks: a sentence left behind is
+                sentences.delete(ids)  # ignored, a chunk is not
             if bm25 is not None:
                 bm25.remove(ids)
                 bm25.save()

@@ -34,6 +34,14 @@ def _kb(folder: Path, persist: Path, name: str | None = None, **overrides):
     return KnowledgeBase.from_folder(folder, name or "sv-" + uuid.uuid4().hex[:8], persist, **overrides)
 
 
+def _two_docs(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "office.md").write_text(FACTS)
+    (docs / "pets.txt").write_text("Pet policy\n\nDogs are welcome in the office on Fridays. Cats stay at home.\n")
+    return docs
+
+
 def _sentence_rows(kb) -> dict[str, str]:
     got = kb.store.sentences.col.get(include=["metadatas"])
     return {i: m["parent"] for i, m in zip(got["ids"], got["metadatas"])}
@@ -64,10 +72,7 @@ def test_a_chunk_scores_as_its_best_sentence(tmp_path, embedder):
 
 
 def test_sentences_follow_their_chunks_and_are_filled_in_for_an_older_index(tmp_path, embedder):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "office.md").write_text(FACTS)
-    (docs / "pets.txt").write_text("Pet policy\n\nDogs are welcome in the office on Fridays. Cats stay at home.\n")
+    docs = _two_docs(tmp_path)
     old = _kb(docs, tmp_path / "chroma", "sv-older", sentence_vectors=False)
     first = old.index()
     assert "sentences_added" not in first and old.store.sentences.count() == 0
@@ -88,10 +93,7 @@ def test_sentences_follow_their_chunks_and_are_filled_in_for_an_older_index(tmp_
 
 
 def test_a_sentence_whose_chunk_is_gone_adds_nothing(tmp_path, embedder):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "office.md").write_text(FACTS)
-    (docs / "pets.txt").write_text("Pet policy\n\nDogs are welcome in the office on Fridays. Cats stay at home.\n")
+    docs = _two_docs(tmp_path)
     kb = _kb(docs, tmp_path / "chroma", hybrid=False)
     kb.index()
     pets = [cid for cid, m, _ in kb.store.iter_all() if m["path"] == "pets.txt"]
@@ -119,3 +121,38 @@ def test_demo_fact_in_a_many_fact_chunk_passes_the_gate(tmp_path, embedder):
     # backups cost $2.80" that BM25 at full weight ranked first once sentences lifted it in the dense list
     assert kb.retriever.lexical_weight == 0.5
     assert kb.retrieve("How much does the Sloop server cost each month?").sources[0].path == "pricing-plans.md"
+
+
+def test_an_index_without_sentence_vectors_gets_no_sentence_collection(tmp_path, embedder):
+    docs = _two_docs(tmp_path)
+    kb = _kb(docs, tmp_path / "chroma", "sv-chunks-only", sentence_vectors=False)
+    kb.index()
+    (docs / "pets.txt").unlink()
+    assert kb.index()["chunks_removed"] >= 1  # chunks deleted: their sentences are looked for, not made
+    kb.store.reset("other-embedder", 384)
+    assert [c.name for c in kb.store.client.list_collections()] == ["sv-chunks-only"]
+
+
+def test_a_cut_sentence_write_leaves_each_chunk_whole_and_the_next_index_fills_the_rest(tmp_path, embedder):
+    docs = _two_docs(tmp_path)
+    kb = _kb(docs, tmp_path / "chroma", "sv-cut", sentence_vectors=False)
+    kb.index()
+    chunks = {cid: doc for cid, _, doc in kb.store.iter_all(include=("documents",))}
+    sentences = kb.store.sentences
+    real_add, calls = sentences.col.add, []
+
+    def add_then_die(**kw):
+        calls.append(kw["ids"])
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_add(**kw)
+
+    sentences.col.add = add_then_die
+    with pytest.raises(OSError):
+        sentences.add(list(chunks), list(chunks.values()), embedder.embed, batch=2)  # 2 sentences a call at least
+    sentences.col.add = real_add
+    (first, *_), = calls[:1]
+    written = _sentence_rows(kb)
+    assert set(written.values()) == {first.rsplit(":", 1)[0]} and len(written) == len(calls[0])  # whole, or none
+    filled = _kb(docs, tmp_path / "chroma", "sv-cut").index()
+    assert filled["sentences_added"] == 9 - len(calls[0]) and set(_sentence_rows(kb).values()) == set(chunks)

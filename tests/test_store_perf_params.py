@@ -117,7 +117,6 @@ class OldRetriever:
         from rank_bm25 import BM25Okapi
 
         from rag import retrieve
-        from rag.store import Hit
 
         def corpus():
             ids, tok, vocab, texts = [], [], set(), []
@@ -129,28 +128,14 @@ class OldRetriever:
                 texts.append((doc or "").lower())
             return BM25Okapi(tok) if ids else None, ids, sorted(vocab), "\n".join(texts)
 
-        def fuse(question, qvec, dense, n, best=None):
+        def lexical(question, n):
             bm25, ids, _, _ = corpus()
             tokens = bm25_tokens(question)
             if bm25 is None or not tokens:
-                return dense
+                return []
             scores = bm25.get_scores(tokens)
             order = sorted(range(len(ids)), key=lambda i: -scores[i])[:n]
-            lexical = [ids[i] for i in order if scores[i] > 0]
-            fused: dict[str, float] = {}
-            for rank, h in enumerate(dense):
-                fused[h.id] = fused.get(h.id, 0.0) + r.dense_weight / (retrieve.RRF_K + rank + 1)
-            for rank, cid in enumerate(lexical):
-                fused[cid] = fused.get(cid, 0.0) + r.lexical_weight / (retrieve.RRF_K + rank + 1)
-            by_id = {h.id: h for h in dense}
-            missing = [c for c in lexical if c not in by_id]
-            if missing:
-                res = r.store.col.get(ids=missing, include=["documents", "metadatas", "embeddings"])
-                for cid, doc, meta, emb in zip(res["ids"], res["documents"], res["metadatas"], res["embeddings"]):
-                    cos = float(sum(a * b for a, b in zip(qvec, emb)))
-                    by_id[cid] = Hit(cid, doc or "", dict(meta or {}), min(1.0, max(0.0, cos)))
-            ranked = sorted(fused, key=lambda c: (-fused[c], -by_id[c].score if c in by_id else 0))
-            return [by_id[c] for c in ranked if c in by_id]
+            return [ids[i] for i in order if scores[i] > 0]
 
         def unknown_names(question):
             _, _, vocab, text = corpus()
@@ -163,7 +148,7 @@ class OldRetriever:
                 missing += [t for t in bm25_tokens(w) if not (t.isdigit() or retrieve._has_prefix(vocab, t))]
             return missing
 
-        r._fuse, r.unknown_names = fuse, unknown_names
+        r._lexical, r.unknown_names = lexical, unknown_names
         return r
 
 
