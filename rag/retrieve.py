@@ -168,11 +168,9 @@ class Retriever:
     def _with_cosine(self, ids: list[str], qvec: list[float]) -> list[Hit]:
         if not ids:
             return []
-        res = self.store.col.get(ids=ids, include=["documents", "metadatas", "embeddings"])
-        out = []
-        for cid, doc, meta, cos in zip(res["ids"], res["documents"], res["metadatas"], _dots(qvec, res["embeddings"])):
-            out.append(Hit(cid, doc or "", dict(meta or {}), min(1.0, max(0.0, cos))))
-        return out
+        rows = self.store.get(ids, vectors=True)
+        cosines = _dots(qvec, [v for *_, v in rows]) if rows else []
+        return [Hit(cid, text, meta, min(1.0, max(0.0, cos))) for (cid, text, meta, _), cos in zip(rows, cosines)]
 
     # --- rerank -------------------------------------------------------------------------------------------------
     def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:

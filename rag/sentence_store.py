@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from rag.exact import ExactIndex
 from rag.sentences import embedded_sentences
 
 SUFFIX = "-sentences"
@@ -27,9 +28,12 @@ def name_for(collection: str) -> str:
 
 
 class SentenceStore:
-    def __init__(self, client, collection: str, metadata: dict):
-        self.client, self.name = client, name_for(collection)
+    def __init__(self, client, collection: str, metadata: dict, signature=lambda: None):
+        """`signature`: the embedded database files' signature (Store._db_signature; None for a server), which
+        tells the exact search of a small collection (rag/exact.py) when to read the vectors again."""
+        self.client, self.name, self.signature = client, name_for(collection), signature
         self.col = client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
+        self._exact = ExactIndex(self.col, signature, key="parent")
 
     def count(self) -> int:
         return self.col.count()
@@ -37,6 +41,7 @@ class SentenceStore:
     def reset(self, metadata: dict) -> None:
         self.client.delete_collection(self.name)
         self.col = self.client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
+        self._exact = ExactIndex(self.col, self.signature, key="parent")
 
     def add(self, chunk_ids: list[str], chunk_texts: list[str], embed, batch: int = 1000) -> int:
         """Embed and store the sentences of these chunks, which have none stored (rag/index.py passes new chunks and
@@ -74,8 +79,15 @@ class SentenceStore:
         """The k nearest sentences' cosines, as the best per chunk id (ordered best first)."""
         if k <= 0:
             return {}
+        exact = self._exact.search(embedding, k)
+        if exact is not None:
+            out: dict[str, float] = {}
+            for _, parent, cos in exact:
+                if parent and parent not in out:
+                    out[parent] = min(1.0, max(0.0, cos))
+            return out
         res = self.col.query(query_embeddings=[embedding], n_results=k, include=["metadatas", "distances"])
-        out: dict[str, float] = {}
+        out = {}
         for m, dist in zip((res["metadatas"] or [[]])[0], (res["distances"] or [[]])[0]):
             parent = str((m or {}).get("parent", ""))
             if parent and parent not in out:  # results come nearest first

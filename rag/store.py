@@ -8,7 +8,12 @@ old recall, until it is rebuilt (`reset`, or deleting the knowledge folder and i
 
 Beside the collection lives its BM25 index (rag/bm25_index.py): `bm25-<collection>.npz` in the Chroma folder, kept in
 step by add/delete, rebuilt from the stored documents whenever its count disagrees with the collection's. With a
-Chroma server it is kept in memory only (rebuilt once per process)."""
+Chroma server it is kept in memory only (rebuilt once per process).
+
+A chunk's text is stored in its metadata (TEXT), not as Chroma's document: embedded Chroma builds a trigram FTS5
+index over every document (and ignores a Schema that deletes it, checked on 1.5.9), which we never query (text search
+is the BM25 index), and which took about a third of an add (20k chunks: 885 -> 1,267 per second without it). Rows
+written before keep their text as the document; reads take either (_unpack)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Iterator
 
 from protege.errors import ProtegeError, require
 from rag.bm25_index import Bm25Index
+from rag.exact import ExactIndex
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,9 @@ log = logging.getLogger(__name__)
 # never written and every process start replays the whole log (21 s per 30k chunks here), and larger values gave no
 # measurable add-rate gain.
 HNSW_PARAMS = {"hnsw:M": 24, "hnsw:construction_ef": 100, "hnsw:search_ef": 1500}
+
+
+TEXT = "chunk_text"  # the metadata key that holds a chunk's text (see the module doc)
 
 
 @dataclass
@@ -90,6 +99,7 @@ class Store:
         self._db_files = _db_files(client)
         self._db_seen: tuple | None = None  # the database's signature when the count last agreed, if settled
         self._sentences = None
+        self._exact = ExactIndex(self.col, self._db_signature, self.db_settle_s)
 
     @property
     def sentences(self):
@@ -97,7 +107,7 @@ class Store:
         if self._sentences is None:
             from rag.sentence_store import SentenceStore
 
-            self._sentences = SentenceStore(self.client, self.name, self.col.metadata or {})
+            self._sentences = SentenceStore(self.client, self.name, self.col.metadata or {}, self._db_signature)
         return self._sentences
 
     def _stored_sentences(self):
@@ -123,6 +133,7 @@ class Store:
         self.client.delete_collection(self.name)
         self.col = self.client.get_or_create_collection(self.name, metadata=_meta(embedder_name, dim),
                                                         embedding_function=None)
+        self._exact = ExactIndex(self.col, self._db_signature, self.db_settle_s)
         if (sentences := self._stored_sentences()) is not None:
             sentences.reset(_meta(embedder_name, dim))
         with self._bm25_lock:
@@ -151,8 +162,8 @@ class Store:
             self._bm25_checked, self._db_seen = -1e18, None
             b = self._batch()
             for s in range(0, len(ids), b):
-                self.col.add(ids=ids[s:s + b], embeddings=embeddings[s:s + b], documents=documents[s:s + b],
-                             metadatas=metadatas[s:s + b])
+                self.col.add(ids=ids[s:s + b], embeddings=embeddings[s:s + b],
+                             metadatas=[{**m, TEXT: d} for m, d in zip(metadatas[s:s + b], documents[s:s + b])])
             self.writes += len(ids)
             if bm25 is not None:
                 bm25.add(ids, documents)
@@ -231,6 +242,11 @@ class Store:
         return idx if idx.count == self.count() else None
 
     def query(self, embedding: list[float], k: int) -> list[Hit]:
+        """The k nearest chunks: exactly for a small embedded collection (rag/exact.py), else by HNSW."""
+        exact = self._exact.search(embedding, k)
+        if exact is not None:
+            rows = {cid: (text, meta) for cid, text, meta, _ in self.get([cid for cid, _, _ in exact])} if exact else {}
+            return [Hit(cid, *rows[cid], min(1.0, max(0.0, cos))) for cid, _, cos in exact if cid in rows]
         # no count() round trip first: Chroma returns fewer results (or none) when the collection is smaller than k
         res = self.col.query(query_embeddings=[embedding], n_results=k,
                              include=["documents", "metadatas", "distances"])
@@ -238,14 +254,23 @@ class Store:
             return []
         out = []
         for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]):
-            out.append(Hit(i, d or "", dict(m or {}), min(1.0, max(0.0, 1.0 - float(dist)))))
+            out.append(Hit(i, *_unpack(d, m), min(1.0, max(0.0, 1.0 - float(dist)))))
         return out
+
+    def get(self, ids: list[str], vectors: bool = False) -> list[tuple[str, str, dict, list[float] | None]]:
+        """(id, text, metadata, stored vector or None) of these chunks, those that exist, in one call."""
+        res = self.col.get(ids=ids, include=["documents", "metadatas", *(["embeddings"] if vectors else [])])
+        embs = res.get("embeddings") if vectors else None
+        return [(cid, *_unpack(d, m), embs[n] if embs is not None else None)
+                for n, (cid, d, m) in enumerate(zip(res["ids"], res["documents"], res["metadatas"]))]
 
 
 def iter_collection(col, include: tuple[str, ...] = ("metadatas",),
                     page: int = 5000) -> Iterator[tuple[str, dict, str]]:
     """(id, metadata, document) of every record of a Chroma collection, read a page at a time."""
     offset = 0
+    if "documents" in include and "metadatas" not in include:  # a text may be in the metadata (TEXT)
+        include = (*include, "metadatas")
     while True:
         got = col.get(include=list(include), limit=page, offset=offset)
         ids = got["ids"]
@@ -254,10 +279,18 @@ def iter_collection(col, include: tuple[str, ...] = ("metadatas",),
         metas = got.get("metadatas") or [None] * len(ids)
         docs = got.get("documents") or [None] * len(ids)
         for i, m, d in zip(ids, metas, docs):
-            yield i, dict(m or {}), d or ""
+            text, meta = _unpack(d, m)
+            yield i, meta, text
         if len(ids) < page:
             return
         offset += len(ids)
+
+
+def _unpack(document: str | None, metadata: dict | None) -> tuple[str, dict]:
+    """(text, metadata without TEXT) of a stored row: the text is the document for rows written before TEXT."""
+    meta = dict(metadata or {})
+    text = meta.pop(TEXT, None)
+    return (document if document is not None else text) or "", meta
 
 
 def _raise_search_ef(col) -> None:

@@ -60,6 +60,29 @@ def test_a_collection_made_with_the_old_metadata_opens_with_the_tuned_search_ef(
     assert (tmp_path / "bm25-legacy.npz").is_file()
 
 
+def test_chunk_text_lives_in_the_metadata_and_rows_written_before_still_read(tmp_path):
+    """Chroma's documents get a trigram full-text index we never query: the text goes in the metadata (TEXT). Rows
+    written before, with the text as the document, read the same; TEXT never shows in a hit's metadata."""
+    from rag.store import TEXT
+
+    store = Store(make_client(tmp_path), "kb-text", "emb", DIM)
+    add(store, 0, 3)
+    raw = store.col.get(ids=["c1"], include=["documents", "metadatas"])
+    assert raw["documents"] == [None] and raw["metadatas"][0][TEXT] == docs(3)[1]
+    store.col.add(ids=["old"], embeddings=vectors(4, 9)[3:], documents=["relay firmware legacy"],
+                  metadatas=[{"path": "old.md"}])  # as an index written before TEXT
+    store.bm25()  # rebuilt from both kinds of row (the count changed under it)
+    assert store.bm25().top(["legacy"], 5) == ["old"] and store.bm25().top(["chunk1"], 5) == ["c1"]
+    texts = {cid: (meta, text) for cid, meta, text in store.iter_all(include=("documents",))}
+    assert texts["c1"] == ({"path": "x.md"}, docs(3)[1])
+    assert texts["old"] == ({"path": "old.md"}, "relay firmware legacy")
+    got = {cid: (text, meta) for cid, text, meta, _ in store.get(["c2", "old", "gone"])}
+    assert got == {"c2": (docs(3)[2], {"path": "x.md"}), "old": ("relay firmware legacy", {"path": "old.md"})}
+    hits = store.query(vectors(4, 9)[3].tolist(), 4)
+    assert hits[0].id == "old" and hits[0].text == "relay firmware legacy"
+    assert all(TEXT not in h.metadata for h in hits) and {h.text for h in hits} >= set(docs(3))
+
+
 def test_bm25_file_follows_add_and_delete_and_equals_a_rebuild(tmp_path):
     store = Store(make_client(tmp_path), "kb-demo", "emb", DIM)
     add(store, 0, 50)
