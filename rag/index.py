@@ -131,7 +131,7 @@ def _fill_sentences(store: Store, kept: set[str], added: dict[str, str], embed) 
     todo = {cid: text for cid, text in added.items() if cid not in have}
     missing = sorted(kept - have - set(added))
     for s in range(0, len(missing), 1000):
-        todo.update({cid: text for cid, text, _, _ in store.get(missing[s:s + 1000])})
+        todo.update({cid: text for cid, text, _, _ in store.by_ids(missing[s:s + 1000])})
     return store.sentences.add(list(todo), list(todo.values()), embed) if todo else 0
 
 

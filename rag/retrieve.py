@@ -168,7 +168,7 @@ class Retriever:
     def _with_cosine(self, ids: list[str], qvec: list[float]) -> list[Hit]:
         if not ids:
             return []
-        rows = self.store.get(ids, vectors=True)
+        rows = self.store.by_ids(ids, vectors=True)
         cosines = _dots(qvec, [v for *_, v in rows]) if rows else []
         return [Hit(cid, text, meta, min(1.0, max(0.0, cos))) for (cid, text, meta, _), cos in zip(rows, cosines)]
 

@@ -245,7 +245,8 @@ class Store:
         """The k nearest chunks: exactly for a small embedded collection (rag/exact.py), else by HNSW."""
         exact = self._exact.search(embedding, k)
         if exact is not None:
-            rows = {cid: (text, meta) for cid, text, meta, _ in self.get([cid for cid, _, _ in exact])} if exact else {}
+            found = self.by_ids([cid for cid, _, _ in exact]) if exact else []
+            rows = {cid: (text, meta) for cid, text, meta, _ in found}
             return [Hit(cid, *rows[cid], min(1.0, max(0.0, cos))) for cid, _, cos in exact if cid in rows]
         # no count() round trip first: Chroma returns fewer results (or none) when the collection is smaller than k
         res = self.col.query(query_embeddings=[embedding], n_results=k,
@@ -257,7 +258,7 @@ class Store:
             out.append(Hit(i, *_unpack(d, m), min(1.0, max(0.0, 1.0 - float(dist)))))
         return out
 
-    def get(self, ids: list[str], vectors: bool = False) -> list[tuple[str, str, dict, list[float] | None]]:
+    def by_ids(self, ids: list[str], vectors: bool = False) -> list[tuple[str, str, dict, list[float] | None]]:
         """(id, text, metadata, stored vector or None) of these chunks, those that exist, in one call."""
         res = self.col.get(ids=ids, include=["documents", "metadatas", *(["embeddings"] if vectors else [])])
         embs = res.get("embeddings") if vectors else None

@@ -76,7 +76,7 @@ def test_chunk_text_lives_in_the_metadata_and_rows_written_before_still_read(tmp
     texts = {cid: (meta, text) for cid, meta, text in store.iter_all(include=("documents",))}
     assert texts["c1"] == ({"path": "x.md"}, docs(3)[1])
     assert texts["old"] == ({"path": "old.md"}, "relay firmware legacy")
-    got = {cid: (text, meta) for cid, text, meta, _ in store.get(["c2", "old", "gone"])}
+    got = {cid: (text, meta) for cid, text, meta, _ in store.by_ids(["c2", "old", "gone"])}
     assert got == {"c2": (docs(3)[2], {"path": "x.md"}), "old": ("relay firmware legacy", {"path": "old.md"})}
     hits = store.query(vectors(4, 9)[3].tolist(), 4)
     assert hits[0].id == "old" and hits[0].text == "relay firmware legacy"
