@@ -96,8 +96,9 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
 
 
 # Knobs that change how fast a stage runs or a model serves, not what is made (the same gradient in more or fewer
-# micro-batches; the same KV, reused): kept out of every key, so tuning them never reruns a stage.
-_SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache"}}
+# micro-batches; the same KV, reused; the float summation order of a batch): kept out of every key, so tuning them
+# never reruns a stage.
+_SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache", "batch_invariant"}}
 # Knobs added after assistants were built, by section: left at their default they stay out of the keys (as
 # _NEW_KNOWLEDGE_KNOBS above), so upgrading protege does not rerun a stage; set, they count.
 _NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": {"sentence_vectors"}}

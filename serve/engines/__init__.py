@@ -20,7 +20,8 @@ def engine_factory(name: str, cfg: "ServeConfig") -> Callable[["ModelSpec"], "En
 
         def make(spec: "ModelSpec") -> "Engine":
             return LlamaCppEngine(spec.gguf, [spec.id], n_ctx=cfg.n_ctx, parallel=cfg.parallel,
-                                  n_threads=cfg.n_threads, prefix_cache=cfg.prefix_cache, lora=spec.lora)
+                                  n_threads=cfg.n_threads, prefix_cache=cfg.prefix_cache, lora=spec.lora,
+                                  kv_unified=not cfg.batch_invariant)
         return make
     if name == "vllm":
         from serve.engines.vllm import VllmEngine
