@@ -22,6 +22,12 @@ import numpy as np
 MAX_ROWS = 20_000
 
 
+def settled(signature: tuple | None, settle_s: float) -> bool:
+    """A database files' signature ((mtime_ns, size, inode) per file) can be trusted: its newest mtime is settle_s
+    old, so a write in the same clock tick would already show (the Store's BM25 check and the exact search)."""
+    return signature is not None and time.time_ns() - max(m for m, _, _ in signature) > settle_s * 1e9
+
+
 class ExactIndex:
     def __init__(self, col, signature: Callable[[], tuple | None], settle_s: float = 2.0,
                  max_rows: int = MAX_ROWS, key: str | None = None):
@@ -57,6 +63,5 @@ class ExactIndex:
                        else np.zeros((0, 0), dtype=np.float32))
                 data = (ids, keys, mat)
             self._data = data
-            # a signature read in the same clock tick as a write may not show it yet: trust it once it is old enough
-            self._sig = sig if time.time_ns() - max(m for m, _, _ in sig) > self.settle_s * 1e9 else None
+            self._sig = sig if settled(sig, self.settle_s) else None
             return data

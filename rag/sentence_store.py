@@ -81,15 +81,13 @@ class SentenceStore:
             return {}
         exact = self._exact.search(embedding, k)
         if exact is not None:
-            out: dict[str, float] = {}
-            for _, parent, cos in exact:
-                if parent and parent not in out:
-                    out[parent] = min(1.0, max(0.0, cos))
-            return out
-        res = self.col.query(query_embeddings=[embedding], n_results=k, include=["metadatas", "distances"])
-        out = {}
-        for m, dist in zip((res["metadatas"] or [[]])[0], (res["distances"] or [[]])[0]):
-            parent = str((m or {}).get("parent", ""))
-            if parent and parent not in out:  # results come nearest first
-                out[parent] = min(1.0, max(0.0, 1.0 - float(dist)))
+            nearest = [(parent, cos) for _, parent, cos in exact]
+        else:
+            res = self.col.query(query_embeddings=[embedding], n_results=k, include=["metadatas", "distances"])
+            nearest = [(str((m or {}).get("parent", "")), 1.0 - float(dist))
+                       for m, dist in zip((res["metadatas"] or [[]])[0], (res["distances"] or [[]])[0])]
+        out: dict[str, float] = {}
+        for parent, cos in nearest:  # nearest first: a chunk's first sentence is its best
+            if parent and parent not in out:
+                out[parent] = min(1.0, max(0.0, cos))
         return out

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from protege.errors import ProtegeError, require
 from rag.bm25_index import Bm25Index
-from rag.exact import ExactIndex
+from rag.exact import ExactIndex, settled
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ class Store:
                 idx.rebuild((cid, doc) for cid, _, doc in self.iter_all(include=("documents",)))
                 idx.save()
             self._bm25_checked = now
-            settled = sig is not None and time.time_ns() - max(m for m, _, _ in sig) > self.db_settle_s * 1e9
-            self._db_seen = sig if settled else None
+            self._db_seen = sig if settled(sig, self.db_settle_s) else None
             return idx
 
     def _db_signature(self) -> tuple | None:
