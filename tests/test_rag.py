@@ -386,3 +386,19 @@ def test_index_skips_an_oversized_file_with_a_warning_and_drops_its_old_chunks(t
     assert report["removed"] == ["big.md"] and {s["path"] for s in report["skipped"]} == {"big.md"}
     assert "big.md" in caplog.text and "too large: 13.5 KiB > knowledge.max_file_mb 0.01" in caplog.text
     assert {s.path for s in kb.search("batteries energy", k=4)} == {"a.md"}
+
+
+@pytest.mark.parametrize("turn, follow_up", [
+    ("and how much is that per year?", True),
+    ("ok, and at what point is everything wiped for good?", True),   # an acknowledgement before the connective
+    ("Thanks - so who runs it?", True),
+    ("what about the bigger one", True),
+    ("Okay what does the Sloop plan cost?", False),                  # a question of its own
+    ("Andrew here: how do I reset my password?", False),             # "and" only as a word's start
+])
+def test_follow_up_turns_are_searched_with_the_turn_before(turn, follow_up):
+    from rag.grounding import search_queries
+
+    msgs = [{"role": "user", "content": "How much is the Sloop server?"},
+            {"role": "assistant", "content": "The Sloop costs $14 per month."}, {"role": "user", "content": turn}]
+    assert search_queries(msgs) == ([turn, f"How much is the Sloop server? {turn}"] if follow_up else [turn])
