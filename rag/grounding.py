@@ -20,9 +20,10 @@ RULES = (
 )
 # A turn that leans on the one before it: opens with a connective, or points back with a pronoun.
 _FOLLOW_UP = re.compile(
-    # after an acknowledgement of the last answer: "ok, and ...", "thanks - so ..."
-    r"^\s*(?:(?:ok(?:ay)?|right|great|thanks|thank you|cool|alright|sure|got it|i see|nice|perfect|hmm+)\b[\s,.!:;-]*)?"
-    r"(and|also|but|so|or|plus|then|what about|how about|same)\b"
+    r"^\s*(and|also|but|so|or|plus|then|what about|how about|same)\b"
+    # an acknowledgement of the last answer first ("ok, how long ...", "thanks - and who ..."), or "... then?" last
+    r"|^\s*(ok(ay)?|right|great|thanks|thank you|cool|alright|sure|got it|i see|nice|perfect|hmm+)\b[\s,.!:;-]+\w"
+    r"|\bthen\s*[?.!]*\s*$"
     r"|\b(it|its|it's|that|this|those|these|they|them|their|there|one|ones|same|which one)\b", re.I)
 
 

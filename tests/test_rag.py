@@ -393,7 +393,10 @@ def test_index_skips_an_oversized_file_with_a_warning_and_drops_its_old_chunks(t
     ("ok, and at what point is everything wiped for good?", True),   # an acknowledgement before the connective
     ("Thanks - so who runs it?", True),
     ("what about the bigger one", True),
-    ("Okay what does the Sloop plan cost?", False),                  # a question of its own
+    ("ok, how long till the money is back on my card?", True),     # ... or alone
+    ("whats the limit for write requests then", True),
+    ("Okay: what does the Sloop plan cost?", True),                 # searched both ways; the better one is kept
+    ("What does the Sloop plan cost?", False),
     ("Andrew here: how do I reset my password?", False),             # "and" only as a word's start
 ])
 def test_follow_up_turns_are_searched_with_the_turn_before(turn, follow_up):
