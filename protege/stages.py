@@ -57,6 +57,8 @@ def _hash_obj(*parts: Any) -> str:
 # Knobs added after assistants were built: left at their default they stay out of the keys, so upgrading protege does
 # not retrain every assistant; set, they count (max_file_mb changes what is indexed, hence the index key; an index
 # from before sentence_vectors is served from its chunk vectors until `protege index` fills the sentences in).
+# The keys that dump the knowledge section leave both out; those that read the whole config (_NEW_KNOBS below) only
+# the knobs after the first, which came before such reads.
 _NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors")
 
 
@@ -101,7 +103,7 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
 _SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache", "batch_invariant"}}
 # Knobs added after assistants were built, by section: left at their default they stay out of the keys (as
 # _NEW_KNOWLEDGE_KNOBS above), so upgrading protege does not rerun a stage; set, they count.
-_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": {"sentence_vectors"}}
+_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": set(_NEW_KNOWLEDGE_KNOBS[1:])}
 
 
 def _excluded(value: BaseModel, path: str) -> Any:

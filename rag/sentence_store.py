@@ -32,16 +32,19 @@ class SentenceStore:
         """`signature`: the embedded database files' signature (Store._db_signature; None for a server), which
         tells the exact search of a small collection (rag/exact.py) when to read the vectors again."""
         self.client, self.name, self.signature = client, name_for(collection), signature
-        self.col = client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
-        self._exact = ExactIndex(self.col, signature, key="parent")
+        self._open(metadata)
+
+    def _open(self, metadata: dict) -> None:
+        """The collection, and its exact search, which holds the collection it reads."""
+        self.col = self.client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
+        self._exact = ExactIndex(self.col, self.signature, key="parent")
 
     def count(self) -> int:
         return self.col.count()
 
     def reset(self, metadata: dict) -> None:
         self.client.delete_collection(self.name)
-        self.col = self.client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
-        self._exact = ExactIndex(self.col, self.signature, key="parent")
+        self._open(metadata)
 
     def add(self, chunk_ids: list[str], chunk_texts: list[str], embed, batch: int = 1000) -> int:
         """Embed and store the sentences of these chunks, which have none stored (rag/index.py passes new chunks and

@@ -86,12 +86,6 @@ class Store:
             raise ProtegeError(f"collection name {collection!r}: Chroma needs at least 3 characters")
         self.client = client
         self.name = collection
-        try:
-            self.col = client.get_or_create_collection(collection, metadata=_meta(embedder_name or "unknown", dim),
-                                                       embedding_function=None)
-        except Exception as e:
-            raise ProtegeError(f"Chroma collection {collection!r}: {e}") from None
-        _raise_search_ef(self.col)
         self.writes = 0
         self._bm25: Bm25Index | None = None
         self._bm25_lock = threading.RLock()
@@ -99,6 +93,15 @@ class Store:
         self._db_files = _db_files(client)
         self._db_seen: tuple | None = None  # the database's signature when the count last agreed, if settled
         self._sentences = None
+        try:
+            self._open(_meta(embedder_name or "unknown", dim))
+        except Exception as e:
+            raise ProtegeError(f"Chroma collection {collection!r}: {e}") from None
+        _raise_search_ef(self.col)
+
+    def _open(self, metadata: dict) -> None:
+        """The collection, and its exact search, which holds the collection it reads."""
+        self.col = self.client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
         self._exact = ExactIndex(self.col, self._db_signature, self.db_settle_s)
 
     @property
@@ -131,9 +134,7 @@ class Store:
     def reset(self, embedder_name: str, dim: int) -> None:
         """Drop everything (used when the embedder changed: old vectors are not comparable)."""
         self.client.delete_collection(self.name)
-        self.col = self.client.get_or_create_collection(self.name, metadata=_meta(embedder_name, dim),
-                                                        embedding_function=None)
-        self._exact = ExactIndex(self.col, self._db_signature, self.db_settle_s)
+        self._open(_meta(embedder_name, dim))
         if (sentences := self._stored_sentences()) is not None:
             sentences.reset(_meta(embedder_name, dim))
         with self._bm25_lock:
