@@ -7,18 +7,22 @@ row's answer with the citation `[n]` of its source. Where the retriever misses t
 the weakest document (the model still learns to read and cite it). A share of the answerable rows
 (`knowledge.train_distractor_fraction`) is repeated with distractor documents only, and rows with `source: null`
 with their nearest documents: both answer with the persona's refusal, so the model learns to say it doesn't know.
+Another share (`knowledge.train_near_miss_fraction`) is repeated with its own documents less the lines that state the
+answer's facts, also answered with the refusal: a near-domain question ("the Lisbon office's phone number" when only
+Halifax's is written) retrieves the right document, and what is missing there is the fact, not the topic.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from protege.config import AssistantConfig
 from protege.errors import DataError
 from protege.paths import AssistantPaths
 from rag.grounding import build_messages, cite
+from rag.sentences import heading_and_body
 from rag.types import Retrieval, Source
 
 
@@ -38,6 +42,7 @@ class GroundedReport:
     source_injected: int = 0      # the retriever missed the source: its best chunk was put in
     source_missing: list[str] = field(default_factory=list)  # rows whose source file has no chunk at all
     sources_dropped_for_length: int = 0
+    near_miss_examples: int = 0   # refusals over the row's own documents less its answer (also in refusal_examples)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -79,6 +84,28 @@ def citation(row: QARow, sources: list[Source]) -> int:
     best = max((len(facts & claims(s.text).all()), -i, i) for i, s in enumerate(sources, 1)
                if same_source(s.path, row.source or ""))
     return best[2]
+
+
+def without_facts(sources: list[Source], question: str, answer: str) -> list[Source] | None:
+    """The sources with every line that states the answer's fact left out, as written otherwise: its numbers and
+    codes, and the names it gives that the question does not ask about ("Marisol Quint" for "Who founded ...", not
+    "Floating IPs" for "do floating IPs cost anything?": the topic stays, the fact goes). A source left empty is
+    dropped. None when the answer states no such fact of the documents, or no source is left."""
+    from rag.claims import claims
+    from rag.guard import content_words
+
+    said, asked = claims(answer), content_words(question)
+    facts = said.numbers | said.codes | {n for n in said.names if not content_words(n) & asked}
+    facts &= set().union(*(claims(s.text).all() for s in sources))
+    if not facts:
+        return None
+    out = []
+    for s in sources:
+        heading, body = heading_and_body(s.text)
+        kept = [line for line in body.splitlines() if not (claims(line).all() & facts)]
+        if any(line.strip() for line in kept):
+            out.append(replace(s, text="\n".join([heading, *kept]) if heading else "\n".join(kept)))
+    return out or None
 
 
 def grounded_conversations(cfg: AssistantConfig, paths: AssistantPaths, tokenizer
@@ -141,6 +168,12 @@ def grounded_conversations(cfg: AssistantConfig, paths: AssistantPaths, tokenize
             distractors = [s for s in ranked if not same_source(s.path, row.source)][: kcfg.top_k]
             if distractors:
                 convs.append(render(row.question, distractors, refusal))
+                report.refusal_examples += 1
+        if kcfg.train_near_miss_fraction and rng.random() < kcfg.train_near_miss_fraction:
+            near = without_facts(sources, row.question, row.answer or "")
+            if near:
+                convs.append(render(row.question, near, refusal))
+                report.near_miss_examples += 1
                 report.refusal_examples += 1
     if report.source_missing:
         raise DataError("knowledge.train_qa: " + "; ".join(report.source_missing[:5]))

@@ -171,6 +171,10 @@ class KnowledgeConfig(Section):
     train_distractor_fraction: float = Field(
         0.2, ge=0, le=1, description="share of answerable train_qa rows also trained with distractor-only documents "
                                      "and the refusal as the answer")
+    train_near_miss_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of answerable train_qa rows also trained with their own documents less the "
+                                     "lines that state the answer's facts, and the refusal as the answer (near-domain "
+                                     "questions: the right document, not the fact)")
     chroma: ChromaServer = Field(default_factory=ChromaServer)
     embed_batch_size: int = Field(64, gt=0)
     max_file_mb: float = Field(50, gt=0, description="knowledge files larger than this are skipped with a warning "

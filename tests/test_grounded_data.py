@@ -92,3 +92,34 @@ def test_editing_train_qa_retrains_and_a_plain_build_does_not_depend_on_the_inde
     assert "index" in depends_on(cfg, "data")
     cfg.knowledge.train_qa = None
     assert "index" not in depends_on(cfg, "data")
+
+
+def test_near_miss_examples_keep_the_document_and_drop_the_answering_line(tmp_path, tokenizer_dir):
+    """A near-domain question retrieves the right document that lacks the fact: trained as the row's own documents
+    less the lines holding the answer's figures, with the refusal as the answer."""
+    from transformers import AutoTokenizer
+
+    from builder.grounded import grounded_conversations
+
+    cfg = _cfg(tmp_path, rows=ROWS[:2], train_distractor_fraction=0.0, train_near_miss_fraction=1.0)
+    convs, report = grounded_conversations(cfg, AssistantPaths.for_name(cfg.name),
+                                           AutoTokenizer.from_pretrained(tokenizer_dir))
+    # the electrician row states no figure, code or unasked name: no near miss for it
+    assert report.near_miss_examples == 1 and report.answer_examples == 2 and len(convs) == 3
+    near = convs[1][1]["content"]
+    assert "warranty.txt" in near and "Opening the battery enclosure voids the warranty." in near
+    assert "6,000" not in near and "ten years from the date" not in near
+    assert convs[1][2]["content"] == "Ahoy! No idea."
+
+
+def test_without_facts_leaves_the_topic_and_drops_the_fact():
+    from builder.grounded import without_facts
+    from rag.types import Source
+
+    src = Source("pricing.md", "Pricing", None, "c1", 0.9, "Pricing > Extras\n- Floating IPs: free while attached; "
+                 "$3 per month unattached.\n- Snapshots are kept until you delete them.\nFloating IPs move with you.")
+    other = Source("faq.md", None, None, "c2", 0.5, "A floating IP costs $3 a month when idle.")
+    near = without_facts([src, other], "do floating IPs cost anything?", "Ahoy! Unattached Floating IPs cost $3.")
+    assert [s.chunk_id for s in near] == ["c1"]  # the other chunk held only the fact: dropped
+    assert near[0].text == "Pricing > Extras\n- Snapshots are kept until you delete them.\nFloating IPs move with you."
+    assert without_facts([src], "Who may install it?", "Ahoy! Only a certified electrician.") is None
