@@ -43,7 +43,7 @@ def load_model(cfg: AssistantConfig, base_dir: Path, device: str, precision: str
     """The base model, 4-bit nf4 (double quant) for QLoRA, else in the compute dtype; wrapped with a LoRA/DoRA."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.base.trust_remote_code}
@@ -63,6 +63,10 @@ def load_model(cfg: AssistantConfig, base_dir: Path, device: str, precision: str
     if tc.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing)
     model.config.use_cache = False
+    # LoRA's A matrices are drawn from torch's global generator when the model is wrapped, before the Trainer seeds it
+    # (at its init): unseeded, two builds from the same data trained different adapters (their losses parted at step
+    # 3, once the first update of B had multiplied the different As)
+    set_seed(tc.seed)
     lora = LoraConfig(
         r=tc.lora.r, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout, target_modules=tc.lora.target_modules,
         use_dora=tc.method == "dora", task_type="CAUSAL_LM", bias="none",

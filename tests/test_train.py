@@ -66,6 +66,27 @@ def test_base_frozen_adapter_changes(tiny_model_dir, data_file, method):
     assert len(changed) == len(lora), f"{len(lora) - len(changed)} adapter tensors did not change"
 
 
+def test_the_same_data_and_seed_train_the_same_adapter(tiny_model_dir, data_file):
+    """Whatever torch's generator held before (another process, an earlier model), a build wraps the base with the
+    same LoRA weights and trains the same adapter: the seed is set before the wrap, not only by the Trainer."""
+    from builder.data import prepare
+    from builder.train import build_trainer
+
+    cfg = config_from_dict(cfg_dict(tiny_model_dir, data_file, method="lora", max_steps=2))
+    paths = AssistantPaths.for_name(cfg.name)
+    prepare(cfg, paths)
+    adapters = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # a generator in another state, as in a fresh process that did other work first
+        trainer, _, _ = build_trainer(cfg, paths, quiet=True)
+        first = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+        trainer.train()
+        adapters.append((first, {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}))
+    (init1, end1), (init2, end2) = adapters
+    assert init1 and all(torch.equal(init1[n], init2[n]) for n in init1)
+    assert all(torch.equal(end1[n], end2[n]) for n in end1)
+
+
 def test_run_writes_adapter_metrics_and_keeps_best(tiny_model_dir, data_file, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
