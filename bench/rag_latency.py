@@ -9,7 +9,9 @@ rank_bm25 rebuilt in memory from every document, which is what rag/retrieve.py d
 - hybrid query p50/p95: the real `Retriever.search` (hybrid=True, the knowledge config's defaults), the real query
   embedding included; the first query (file load or rank_bm25 build) is reported apart as `cold_ms`; `parts`: each
   step of the new one timed alone (embedding, Chroma query, BM25 top-n, the BM25-only candidates' vectors);
-- dense-only p95 (hybrid=False, embedding included) and recall@4 of the dense top-4 against an exact numpy search.
+- dense-only p95 (hybrid=False, embedding included) and recall@4 of the dense top-4 against an exact numpy search;
+- with sentence vectors (`--sentences`, 4 a chunk by default: the default configuration's path), the sentence
+  collection's fill rate, the hybrid p50/p95 of queries that also search it, and its recall@20 against exact search.
 
 Data. Chunk texts are 60-160 real English words (the embedder's vocabulary) drawn Zipf-like plus 40% from one of 300
 topics, so BM25 sees realistic document frequencies. Embedding 100k chunks would take hours here, so vectors are drawn
@@ -231,9 +233,13 @@ def build(kind: str, root: Path, name: str, data, args) -> tuple[object, dict]:
     if col.count() != len(ids):
         raise SystemExit(f"{folder}: cached baseline holds {col.count()} chunks, not {len(ids)}; use --fresh-baseline")
 
+    class NoExact:  # the baseline predates the exact search of small collections (rag/exact.py)
+        def search(self, embedding, k):
+            return None
+
     class Old(Store):  # the collection as it is; this tree's BM25 file is never touched by the baseline
         def __init__(self):
-            self.client, self.name, self.col, self.writes = client, name, col, 0
+            self.client, self.name, self.col, self.writes, self._exact = client, name, col, 0, NoExact()
 
     return Old(), {**built, "cached": not fresh_build}
 
@@ -269,6 +275,49 @@ def measure(kind: str, store, emb, vecs: np.ndarray, qs: list[str]) -> dict:
     if kind == "new":
         out["parts"] = parts(hybrid, qs[1:])
     return out
+
+
+def sentence_vectors(vecs: np.ndarray, topic: np.ndarray, model: dict, per_chunk: int, seed: int) -> np.ndarray:
+    """`per_chunk` vectors a chunk, row i*per_chunk + j for sentence j of chunk i: the chunk's vector plus a fresh
+    vector of the chunk's topic, normalised (a sentence is close to its chunk and its topic, not equal to it)."""
+    out = np.empty((len(vecs) * per_chunk, vecs.shape[1]), np.float32)
+    for j in range(per_chunk):
+        v = vecs + vectors(topic, model, seed + j)
+        out[j::per_chunk] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def measure_sentences(store, emb, svecs: np.ndarray, per_chunk: int, qs: list[str]) -> dict:
+    """The default configuration's path (knowledge.sentence_vectors): the sentence collection filled in batches as
+    rag/sentence_store.py writes it (sentences/s), then hybrid queries that also search the sentences (p50/p95, the
+    real query embedding included) and the sentence search's recall@20 against an exact numpy search."""
+    from protege.config import KnowledgeConfig
+    from rag.retrieve import Retriever
+
+    col, n = store.sentences.col, len(svecs)
+    t = time.perf_counter()
+    for s in range(0, n, 1000):  # SentenceStore.add's batch
+        idx = range(s, min(n, s + 1000))
+        col.add(ids=[f"c{i // per_chunk}:{i % per_chunk}" for i in idx], embeddings=svecs[s:s + len(idx)],
+                metadatas=[{"parent": f"c{i // per_chunk}"} for i in idx])
+    rate = n / (time.perf_counter() - t)
+    kc = KnowledgeConfig(folder=Path("."))
+    r = Retriever(store, emb, top_k=kc.top_k, hybrid=True, unknown_name_factor=kc.unknown_name_factor, sentences=True)
+    r.search(qs[0])
+    qvs = np.asarray([emb.embed_query(q) for q in qs], np.float32)
+    exact = [set(np.argpartition(-(svecs @ qv), 20)[:20].tolist()) for qv in qvs]
+    time.sleep(0.5)  # BLAS threads idle again (see measure)
+    lat = []
+    for q in qs:
+        t = time.perf_counter()
+        r.search(q)
+        lat.append(time.perf_counter() - t)
+    recall = []
+    for qv, ex in zip(qvs, exact):
+        got = col.query(query_embeddings=[qv.tolist()], n_results=20, include=[])["ids"][0]
+        recall.append(len({int(g.split(":")[0][1:]) * per_chunk + int(g.split(":")[1]) for g in got} & ex) / 20)
+    return {"sentences": n, "index_sentences_per_s": round(rate, 1), "hybrid": ms(lat),
+            "sentence_recall_at_20_vs_exact": round(float(np.mean(recall)), 4)}
 
 
 def parts(r, qs: list[str]) -> dict:
@@ -311,6 +360,12 @@ def bench_size(n: int, args, emb, words: list[str], model, root: Path) -> dict:
         if "parts" in r:
             print("         parts p50/p95 ms: " + ", ".join(f"{k} {v['p50_ms']:.1f}/{v['p95_ms']:.1f}"
                                                      for k, v in r["parts"].items()), flush=True)
+    if args.sentences:
+        r = out["new"]["with_sentences"] = measure_sentences(
+            store, emb, sentence_vectors(vecs, topic, model, args.sentences, seed=n + 3), args.sentences, qs)
+        print(f"{n:>7} +sentences: {r['sentences']} sentence vectors at {r['index_sentences_per_s']:.1f}/s | hybrid "
+              f"p50 {r['hybrid']['p50_ms']:.1f} p95 {r['hybrid']['p95_ms']:.1f} ms | sentence recall@20 "
+              f"{r['sentence_recall_at_20_vs_exact']:.3f} | load {os.getloadavg()[0]:.2f}", flush=True)
     b, w = out["baseline"], out["new"]
     out["ratio_new_vs_baseline"] = {
         "index_chunks_per_s": round(w["index_chunks_per_s"] / b["index_chunks_per_s"], 2),
@@ -331,6 +386,9 @@ def main() -> int:
     ap.add_argument("--vectors", choices=("topic", "gaussian"), default="topic",
                     help="topic: clustered like real embeddings of the texts; gaussian: unclustered, HNSW's worst case")
     ap.add_argument("--fresh-baseline", action="store_true", help="rebuild the cached baseline stores")
+    ap.add_argument("--sentences", type=int, default=4,
+                    help="sentence vectors a chunk for the default configuration's path (knowledge.sentence_vectors: "
+                         "queries also search them); 0 skips it")
     args = ap.parse_args()
     import chromadb
     import torch
