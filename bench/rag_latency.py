@@ -295,27 +295,25 @@ def measure_sentences(store, emb, svecs: np.ndarray, per_chunk: int, qs: list[st
     from rag.retrieve import Retriever
 
     col, n = store.sentences.col, len(svecs)
+    ids = [f"c{i // per_chunk}:{i % per_chunk}" for i in range(n)]  # row i of svecs (SentenceStore's "chunk:n")
     t = time.perf_counter()
     for s in range(0, n, 1000):  # SentenceStore.add's batch
-        idx = range(s, min(n, s + 1000))
-        col.add(ids=[f"c{i // per_chunk}:{i % per_chunk}" for i in idx], embeddings=svecs[s:s + len(idx)],
-                metadatas=[{"parent": f"c{i // per_chunk}"} for i in idx])
+        col.add(ids=ids[s:s + 1000], embeddings=svecs[s:s + 1000],
+                metadatas=[{"parent": i.partition(":")[0]} for i in ids[s:s + 1000]])
     rate = n / (time.perf_counter() - t)
     kc = KnowledgeConfig(folder=Path("."))
     r = Retriever(store, emb, top_k=kc.top_k, hybrid=True, unknown_name_factor=kc.unknown_name_factor, sentences=True)
     r.search(qs[0])
     qvs = np.asarray([emb.embed_query(q) for q in qs], np.float32)
-    exact = [set(np.argpartition(-(svecs @ qv), 20)[:20].tolist()) for qv in qvs]
+    exact = [{ids[i] for i in np.argpartition(-(svecs @ qv), 20)[:20]} for qv in qvs]
     time.sleep(0.5)  # BLAS threads idle again (see measure)
     lat = []
     for q in qs:
         t = time.perf_counter()
         r.search(q)
         lat.append(time.perf_counter() - t)
-    recall = []
-    for qv, ex in zip(qvs, exact):
-        got = col.query(query_embeddings=[qv.tolist()], n_results=20, include=[])["ids"][0]
-        recall.append(len({int(g.split(":")[0][1:]) * per_chunk + int(g.split(":")[1]) for g in got} & ex) / 20)
+    recall = [len(set(col.query(query_embeddings=[qv.tolist()], n_results=20, include=[])["ids"][0]) & ex) / 20
+              for qv, ex in zip(qvs, exact)]
     return {"sentences": n, "index_sentences_per_s": round(rate, 1), "hybrid": ms(lat),
             "sentence_recall_at_20_vs_exact": round(float(np.mean(recall)), 4)}
 
