@@ -31,6 +31,7 @@ _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 # "department", which most sentences of a company's documents mention; not a possessive: "the installer's number")
 _ROLE = (r"\b(?:electrician|technician|installer|engineer|administrator|admin|owner|manager|contractor|plumber|"
          r"accountant|lawyer|officer|representative|specialist|supervisor|operator|inspector|auditor)s?\b(?!')")
+_NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below|inside)"
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     (re.compile(r"\b(save|saving|savings|discount|percent|percentage)\b", re.I), re.compile(r"\d\s?%")),
@@ -38,9 +39,10 @@ _ASKS = [
      re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
     (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),
      # a person's name: two capitalised words after a lower-case word or a "Key:" (not a sentence's first words,
-     # not part of a longer name such as a company's "Byte Harbor Cloud")
+     # not part of a longer name such as a company's "Byte Harbor Cloud"; not after an article or a preposition of
+     # place: "the Harbor Link", "on Hollis Street", "of Byte Harbor" name things and places)
      # or a role ("a certified electrician may install it")
-     re.compile(r"(?:\b[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])|" + _ROLE)),
+     re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])|" + _ROLE)),
     (re.compile(r"\b(address|street|headquarter|headquarters|hq)\b", re.I),
      re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
                 r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),

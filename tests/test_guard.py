@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rag.claims import Context, claims, normalise_number
-from rag.guard import Guard, split_sentences
+from rag.guard import Guard, asked_kinds, split_sentences
 from rag.types import Source
 
 PRICING = Source("pricing-plans.md", "Pricing > Server plans", None, "c1", 0.8, text=(
@@ -174,6 +174,18 @@ def test_evidence_carries_the_kind_of_fact_asked_for():
         "Installation\nTo claim, send the installer's certificate number and a photo of the unit. "
         "Only a certified electrician may install it."))
     assert "electrician" in session("Who is allowed to install the battery?", sources=(install,)).evidence[0].text
+
+
+def test_a_place_or_a_thing_after_an_article_or_preposition_is_no_persons_name():
+    # "on Hollis Street" and "the Harbor Link" have a person's shape (two capitalised words after a lower-case one):
+    # taken for names, they put "started the company from a room on Hollis Street" first for "Who started it?"
+    who = asked_kinds("Who started the company?")[0]
+    assert who.search("It was founded in 2014 by Marisol Quint.") and who.search("Name: Priya Lindgren; Role: CFO")
+    assert who.search("The security programme is led by Hana Takeda.")
+    for thing in ("They started the company from a rented room on Hollis Street.",
+                  "Traffic between the regions runs on the Harbor Link backbone.",
+                  "Ask at the front desk of Byte Harbor Cloud.", "Data stays in the European Union."):
+        assert not who.search(thing), thing
 
 
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
