@@ -143,4 +143,5 @@ class KnowledgeBase:
         system = " ".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")
         context = Context(*(s.text for s in retrieval.sources),
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))
-        return self.guard.session(retrieval.question, retrieval.sources, context, self.marker, self.refusal)
+        # the question as searched (acronyms the documents spell out, spelled out): its words find the sentence too
+        return self.guard.session(self.retriever.expand(retrieval.question), retrieval.sources, context, self.marker, self.refusal)

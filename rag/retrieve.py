@@ -19,7 +19,9 @@ Then, when the question names something (a capitalised word, an acronym, a code)
 every final score is multiplied by `knowledge.unknown_name_factor` (0.5 by default): embeddings rate "What is Google
 Cloud's SLA?" close to a document about our SLA, the missing name is what says the documents cannot answer it. Names
 are found by their shape (a capital past the first word or inside a word, "iPhone"; all caps; letters with digits); an
-acronym the documents spell out ("CFO": "Chief Financial Officer") or a plural acronym of a known one is not missing."""
+acronym the documents spell out ("CFO": "Chief Financial Officer", capitalised on one line) or a plural acronym of a
+known one is not missing. Such an acronym, when the documents never write it as it is, is also searched in their words
+(expand(): "Who's the CFO? (chief financial officer)")."""
 
 from __future__ import annotations
 
@@ -62,8 +64,10 @@ class Retriever:
         self._derived.pop("spaced", None)
 
     def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
-        """Final ranked sources, best first, no gate applied (`qvec`: the question's embedding if already known)."""
+        """Final ranked sources, best first, no gate applied (`qvec`: the embedding of `expand(question)` if already
+        known)."""
         k = k or self.top_k
+        question = self.expand(question)
         if qvec is None:
             qvec = self.embedder.embed_query(question)
         n = max(k, self.candidates) if (self.hybrid or self.rerank_path) else k
@@ -82,8 +86,23 @@ class Retriever:
 
     def search_many(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
         """Like search() for many questions, embedding them in one batch (eval and calibration)."""
-        vectors = self.embedder.embed(questions)
+        vectors = self.embedder.embed([self.expand(q) for q in questions])
         return [self.search(q, k, v) for q, v in zip(questions, vectors)]
+
+    def expand(self, question: str) -> str:
+        """The question with each acronym the documents never write but spell out followed by its words: "Who's the
+        CFO?" -> "Who's the CFO? (chief financial officer)". Neither the embedder nor BM25 links the two, so the
+        question missed the leadership table and fell under the gate. An acronym the documents use as it is needs
+        nothing (and "API" would match any "all plans include")."""
+        acronyms = [w for w in dict.fromkeys(salient_words(question)) if re.fullmatch(r"[A-Z]{3,6}", w)]
+        if not acronyms:
+            return question
+        bm25 = self.store.bm25()
+        vocab = bm25.terms()
+        words = [phrase for w in acronyms if not _in_sorted(vocab, w.lower())
+                 for phrase in [_spelled_out(w, self._all_text(bm25), capitals=True)]
+                 if phrase and phrase not in question.lower()]
+        return f"{question} ({'; '.join(words)})" if words else question
 
     # --- hybrid -------------------------------------------------------------------------------------------------
     def _per_version(self, name: str, bm25, make: Callable[[], Any]) -> Any:
@@ -95,10 +114,11 @@ class Retriever:
         return held[1]
 
     def _all_text(self, bm25) -> str:
-        """Every chunk's lower-cased text, newline-joined in the store's order: only a question with an acronym needs
-        it (is it spelled out somewhere?), so it is read from the store then, once per version of the index."""
+        """Every chunk's text as written, newline-joined in the store's order: only a question with an acronym or a
+        name phrase needs it (is it spelled out somewhere?), so it is read from the store then, once per version of
+        the index."""
         return self._per_version("text", bm25, lambda: "\n".join(
-            (doc or "").lower() for _, _, doc in self.store.iter_all(include=("documents",))))
+            (doc or "") for _, _, doc in self.store.iter_all(include=("documents",))))
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question (capitalised words past the first, acronyms, codes like t3.micro) of which no
@@ -111,10 +131,11 @@ class Retriever:
             if re.fullmatch(r"[A-Z]{2,}s", w):  # a plural acronym: "CPUs" names what "CPU" names
                 w = w[:-1]
             # "CFO": "Chief Financial Officer"
-            if re.fullmatch(r"[A-Z]{3,6}", w) and _spelled_out(w, self._all_text(bm25)):
+            if re.fullmatch(r"[A-Z]{3,6}", w) and _spelled_out(w, self._all_text(bm25), capitals=True):
                 continue
+            whole = len(w) >= 3 and w.isupper()  # an acronym of 3 letters or more is a whole word: COO is not "cool"
             for t in bm25_tokens(w):
-                if t.isdigit() or _has_prefix(vocab, t) or (w.isupper() and t in prefixed):  # "ip55" ~ "IP",
+                if t.isdigit() or _has_prefix(vocab, t, whole) or (w.isupper() and t in prefixed):  # "ip55" ~ "IP",
                     continue  # "vcpu" ~ "CPU"
                 missing.append(t)
         if not missing:  # each word is known, but is the name they make? "Chief Operating Officer", "Windows Server"
@@ -235,19 +256,40 @@ def _spaced(text: str) -> str:
     return " " + " ".join(re.findall(r"[a-z0-9]+", re.sub(r"['’]s\b", "", text.lower()))) + " "
 
 
-_JOIN = r"[\s\-/]+(?:(?:of|and|the|for|&)[\s\-/]+)?"
+# between the words of a spelled-out acronym: on one line ("Compliance Overview\nOverview", a heading and a
+# subheading, is not COO)
+_JOIN = r"[ \t\-/]+(?:(?:of|and|the|for|&)[ \t\-/]+)?"
 
 
-def _spelled_out(acronym: str, text: str) -> bool:
-    """Whether the (lower-cased) documents spell the acronym out as consecutive words, "of/and/the/for" allowed
-    between them: CFO ~ "chief financial officer", SLA ~ "service level agreement"."""
-    pattern = r"\b" + _JOIN.join(re.escape(c) + r"[a-z0-9']*" for c in acronym.lower()) + r"\b"
-    return re.search(pattern, text) is not None
+def _spelled_out(acronym: str, text: str, capitals: bool = False) -> str | None:
+    """Where the documents spell the acronym out as consecutive words, "of/and/the/for" allowed between them (never
+    one of its letters' words: "currency of the original" is no COO), those
+    words lower-cased: CFO -> "chief financial officer", SLA -> "service level agreement"; else None. With `capitals`
+    each word must start with its capital letter as written ("Chief Financial Officer", not "currency of the
+    original" for CTO)."""
+    letters = acronym.upper() if capitals else acronym.lower()
+    pattern = r"\b" + _JOIN.join(r"(?!(?:of|and|the|for)\b)" + re.escape(c) + r"[A-Za-z0-9']*" for c in letters) + r"\b"
+    m = re.search(pattern, text) if capitals else re.search(pattern, text, re.IGNORECASE)
+    return " ".join(m.group(0).lower().split()) if m else None
 
 
-def _has_prefix(vocab: list[str], token: str) -> bool:
+def _in_sorted(vocab: list[str], token: str) -> bool:
     i = bisect.bisect_left(vocab, token)
-    return i < len(vocab) and vocab[i].startswith(token)
+    return i < len(vocab) and vocab[i] == token
+
+
+def _has_prefix(vocab: list[str], token: str, whole: bool = False) -> bool:
+    """Whether a term starts with `token`; `whole`: one that is the token, its plural or the token and a number
+    ("apis", "tls1")."""
+    i = bisect.bisect_left(vocab, token)
+    if not whole:
+        return i < len(vocab) and vocab[i].startswith(token)
+    while i < len(vocab) and vocab[i].startswith(token):
+        rest = vocab[i][len(token):]
+        if rest in ("", "s") or rest.isdigit():
+            return True
+        i += 1
+    return False
 
 
 def _dots(qvec: list[float], embeddings) -> list[float]:

@@ -148,7 +148,7 @@ class OldRetriever:
                 ids.append(cid)
                 tok.append(t or ["_"])
                 vocab.update(t)
-                texts.append((doc or "").lower())
+                texts.append(doc or "")
             return BM25Okapi(tok) if ids else None, ids, sorted(vocab), "\n".join(texts)
 
         def lexical(question, n):
@@ -166,9 +166,10 @@ class OldRetriever:
             for w in retrieve.salient_words(question):
                 if re.fullmatch(r"[A-Z]{2,}s", w):
                     w = w[:-1]
-                if re.fullmatch(r"[A-Z]{3,6}", w) and retrieve._spelled_out(w, text):
+                if re.fullmatch(r"[A-Z]{3,6}", w) and retrieve._spelled_out(w, text, capitals=True):
                     continue
-                missing += [t for t in bm25_tokens(w) if not (t.isdigit() or retrieve._has_prefix(vocab, t))]
+                whole = len(w) >= 3 and w.isupper()
+                missing += [t for t in bm25_tokens(w) if not (t.isdigit() or retrieve._has_prefix(vocab, t, whole))]
             return missing
 
         r._lexical, r.unknown_names = lexical, unknown_names
