@@ -35,8 +35,15 @@ class SentenceStore:
         self._open(metadata)
 
     def _open(self, metadata: dict) -> None:
-        """The collection, and its exact search, which holds the collection it reads."""
-        self.col = self.client.get_or_create_collection(self.name, metadata=metadata, embedding_function=None)
+        """The collection, and its exact search, which holds the collection it reads. It is made with this tree's
+        HNSW parameters, and an older one searches with this tree's search_ef, whatever its chunk collection (made
+        before HNSW_PARAMS, or by an older tree) says: above the exact search's limit, Chroma's default search_ef
+        loses most of the nearest sentences."""
+        from rag.store import HNSW_PARAMS, _raise_search_ef
+
+        self.col = self.client.get_or_create_collection(self.name, metadata={**metadata, **HNSW_PARAMS},
+                                                        embedding_function=None)
+        _raise_search_ef(self.col)
         self._exact = ExactIndex(self.col, self.signature, key="parent")
 
     def count(self) -> int:

@@ -34,6 +34,15 @@ def add(store: Store, lo: int, hi: int) -> None:
     store.add([f"c{i}" for i in range(lo, hi)], vectors(hi, 1)[lo:hi], docs(n, lo), [{"path": "x.md"}] * n)
 
 
+def test_an_old_sentence_collection_opens_with_the_tuned_search_ef(tmp_path):
+    from rag.sentence_store import name_for
+
+    client = make_client(tmp_path)
+    client.get_or_create_collection(name_for("legacy"), metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    store = Store(client, "legacy", "emb", DIM)
+    assert store.sentences.col.configuration_json["hnsw"]["ef_search"] == HNSW_PARAMS["hnsw:search_ef"]
+
+
 def test_new_collection_gets_the_tuned_hnsw_params(tmp_path):
     store = Store(make_client(tmp_path), "tuned", "emb", DIM)
     hnsw = store.col.configuration_json["hnsw"]
@@ -56,6 +65,10 @@ def test_a_collection_made_with_the_old_metadata_opens_with_the_tuned_search_ef(
     assert make_client(tmp_path).get_collection("legacy").configuration_json["hnsw"]["ef_search"] == \
         HNSW_PARAMS["hnsw:search_ef"]
     assert store.count() == 3 and store.query(vectors(3)[0].tolist(), 1)[0].id == "a"
+    # its sentence collection is made with this tree's parameters, not a copy of the old chunk collection's
+    sentences = store.sentences.col.configuration_json["hnsw"]
+    assert (sentences["max_neighbors"], sentences["ef_search"]) == (
+        HNSW_PARAMS["hnsw:M"], HNSW_PARAMS["hnsw:search_ef"])
     assert store.bm25().top(["relay"], 4) == ["b"]  # no BM25 file yet: built from the stored documents
     assert (tmp_path / "bm25-legacy.npz").is_file()
 
