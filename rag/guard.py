@@ -53,7 +53,7 @@ _ASKS = [
                 r"[\s-]?(seconds?|days?|hours?|minutes?|months?|years?|weeks?)\b|\b(daily|weekly|monthly|yearly)\b",
                 re.I)),
     (re.compile(r"\b(how many|how much|limit|maximum|minimum|percent|%|rate|size|number)\b", re.I), re.compile(r"\d")),
-    (re.compile(r"\b(code|region|slug|command|flag|id)\b", re.I), re.compile(r"\b[a-z]+\d|\b[a-z]+-[a-z]+|`", re.I)),
+    (re.compile(r"\b(code|region|slug|command|flag|id|header|variable|endpoint|parameter)\b", re.I), re.compile(r"\b[a-z]+\d|\b[a-z]+-[a-z]+|`", re.I)),
 ]
 
 
@@ -86,9 +86,15 @@ _SUPERLATIVE = [  # (what the question says, which values compare, True: the lar
 ]
 
 
+_WHICH = re.compile(r"\b(?:which|what)(?:'s| is| are)?(?: the| a| an)? ([a-z]+(?: [a-z]+)?)\b", re.I)
+
+
 def asked_kinds(question: str) -> list[re.Pattern]:
-    """What an answering sentence carries for each kind of fact the question asks for (_ASKS), the first kind first."""
-    return [has for ask, has in _ASKS if ask.search(question)]
+    """What an answering sentence carries for each kind of fact the question asks for (_ASKS), the kind the question
+    asks first first ("Which header tells me how many calls I have left?" asks for a header, not a number)."""
+    named = _WHICH.search(question)  # "which header", "what command": the thing named is what is asked
+    first = [has for ask, has in _ASKS if named and ask.search(named.group(1))]
+    return first + [has for ask, has in _ASKS if ask.search(question) and has not in first]
 
 
 def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:

@@ -188,6 +188,15 @@ def test_a_place_or_a_thing_after_an_article_or_preposition_is_no_persons_name()
         assert not who.search(thing), thing
 
 
+def test_the_thing_a_which_question_names_is_what_it_asks_for():
+    # "Which header ... how many ...?" asks for a header: not the sentence with a number in it
+    limits = Source("limits.html", "Rate limits", None, "c10", 0.7, text=(
+        "Rate limits\nWhen a limit is exceeded, the API answers HTTP 429 with a header giving the number of seconds "
+        "to wait. X-BH-RateLimit-Remaining holds the requests left in the current window."))
+    got = session("Which header tells me how many API calls I have left?", sources=(limits,)).evidence[0]
+    assert got.text.startswith("X-BH-RateLimit-Remaining") and got.primary
+
+
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
     # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: quote it
     text, grounding, bad = run("How much do I save if I prepay a year?", "Ahoy! A plan costs $14 per month [1].",
