@@ -67,6 +67,8 @@ PRIMARY_SHARE = 0.8  # a sentence carrying the kind asked for goes first only wh
 # (dev quote-only: qa.jsonl 40 -> 41 of 44, dev2 44 -> 43 of 55; with sentence vectors more sources pass the gate, and
 # a spurious kind match in a weak one, "the European Union" for a "who", outranked the answer)
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
+FOREIGN_MIN_WORDS = 4  # a generated sentence with this many content words or more ...
+FOREIGN_SHARE = 0.5    # ... is made up when more than this share of them is in neither the context nor the question
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her)\b", re.I)
 
 
@@ -240,6 +242,7 @@ class GuardedReply:
     _buf: str = ""
     _sent: list[str] = field(default_factory=list)
     _closed: bool = False     # a sentence was refused: nothing after it is sent
+    _known: set[str] | None = None  # the stems of the context's and the question's words (_foreign_words)
 
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
@@ -311,7 +314,7 @@ class GuardedReply:
             return ""
         if recites_rules(self._strip_marker(sentence)):
             return ""  # the prompt talking, not an answer: the sentences after it are still checked
-        bad = self.context.unsupported(sentence, self.anchors)
+        bad = self.context.unsupported(sentence, self.anchors) or self._foreign_words(sentence)
         if bad:
             self.unsupported.extend(bad)
             self.grounding = "extractive"
@@ -321,6 +324,18 @@ class GuardedReply:
             sentence = f"{self.marker} {sentence.lstrip()}"
         self._sent.append(sentence)
         return sentence
+
+    def _foreign_words(self, sentence: str) -> list[str]:
+        """The content words of a sentence that says mostly what neither the context nor the question holds ("The
+        weather is going to be sunny, with a chance of rain."): a claim without a figure or a name is still made up
+        when its words come from nowhere. Words are compared by their stems; short sentences pass."""
+        words = content_words(self._strip_marker(sentence))
+        if len(words) < FOREIGN_MIN_WORDS:
+            return []
+        if self._known is None:
+            self._known = {_stem(w) for w in self.context.words}
+        foreign = sorted(words - self._known)
+        return [f"~{w}" for w in foreign] if len(foreign) > FOREIGN_SHARE * len(words) else []
 
     def _states(self, e: Evidence) -> bool:
         """True when the reply states the evidence sentence: all its figures of the kind the question asks for first

@@ -197,6 +197,16 @@ def test_the_thing_a_which_question_names_is_what_it_asks_for():
     assert got.text.startswith("X-BH-RateLimit-Remaining") and got.primary
 
 
+def test_a_sentence_made_of_words_from_nowhere_is_not_sent():
+    # no figure and no name to check, but the words come from neither the documents nor the question
+    text, grounding, bad = run("What's the weather like in Frankfurt tomorrow?",
+                               "Ahoy! It will be sunny with a chance of rain in the afternoon.")
+    assert "sunny" not in text and grounding == "extractive" and "~sunny" in bad
+    # a reply in other words than the documents' but about what they say is sent
+    text, _, bad = run("Are the Galleon's cores shared?", "Ahoy! No, the Galleon plan's cores are dedicated.")
+    assert bad == [] and text.startswith("Ahoy! No, the Galleon plan's cores are dedicated.")
+
+
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
     # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: quote it
     text, grounding, bad = run("How much do I save if I prepay a year?", "Ahoy! A plan costs $14 per month [1].",
