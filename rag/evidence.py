@@ -64,6 +64,8 @@ class Evidence:
     source: int      # 1-based position in the answer's sources: the citation number
     score: float
     primary: bool = False  # carries the kind of fact the question asks for
+    span: tuple[int, int] | None = None  # the first and last of the sources' sentences it is made of (counted across all
+    # the sources): two pieces of evidence that share one are not quoted together
 
 
 _SUPERLATIVE = [  # (what the question says, which values compare, True: the largest wins)
@@ -147,16 +149,20 @@ class EvidenceRanker:
         """Sentences of the sources ranked by how well they answer the question (embedding cosine + word overlap +
         whether they carry what the question asks for + the source's own rank)."""
         cands: list[tuple[str, int]] = []
+        starts: list[int] = []  # where each candidate's text begins (a sentence leaning back begins before itself)
         heads: dict[int, str] = {}
         for n, s in enumerate(sources, start=1):
             heads[n], body = heading_and_body(s.text)
             prev = None
             for sent in split_sentences(body):
                 # "It opened in 2019." says nothing alone: it is scored and quoted with the sentence before it
-                if prev is not None and _LEANS_BACK.match(sent):
+                leans = prev is not None and _LEANS_BACK.match(sent)
+                if leans:
                     sent = f"{prev} {sent}"
+                starts.append(starts[-1] if leans else len(cands))
                 cands.append((sent, n))
                 prev = sent
+            starts.append(len(cands))
             cands.append(("", n))  # a chunk boundary: no quote runs across it
         if not cands:
             return []
@@ -177,11 +183,12 @@ class EvidenceRanker:
             kind = sum((KIND_WEIGHT if j == 0 else KIND_WEIGHT / 2) for j, has in enumerate(asks) if has.search(sent))
             rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
             nxt = cands[i + 1][0] if i + 1 < len(cands) else ""
+            last = i
             if nxt and len(WORD.findall(sent)) < SHORT and not _ROW.match(sent):  # a short sentence (not a table
                 # row: rows stand alone) is quoted with the one after it
-                sent = nxt if nxt.startswith(sent) else f"{sent} {nxt}"
+                sent, last = (nxt if nxt.startswith(sent) else f"{sent} {nxt}"), i + 1
             primary = bool(asks) and bool(asks[0].search(sent))
-            scored.append(Evidence(sent, n, sim + OVERLAP_WEIGHT * overlap + kind + rank, primary))
+            scored.append(Evidence(sent, n, sim + OVERLAP_WEIGHT * overlap + kind + rank, primary, (starts[i], last)))
         # what the question asks for (a price, a date, a code) comes first when a sentence carries it and is about as
         # relevant as the best (a kind is found by its shape: "the European Union" looks like a person's name)
         top_score = max((e.score for e in scored), default=0.0)
@@ -191,7 +198,8 @@ class EvidenceRanker:
         top = _extreme_row(question, scored)
         if top is not None:  # "the newest region", "the cheapest plan": the table row that holds the extreme value
             scored.remove(top)
-            scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True))
+            scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True,
+                                      top.span))
         return scored[: self.evidence_k]
 
     def _cosines(self, question: str, sentences: list[str]) -> list[float]:

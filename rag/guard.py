@@ -190,7 +190,7 @@ class GuardedReply:
             if len(parts) == QUOTE_K:
                 break
             share = RUNNER_UP if e.source == best.source else RUNNER_UP_OTHER
-            if e.score < share * best.score or any(e.text in p.text or p.text in e.text for p in parts):
+            if e.score < share * best.score or any(_overlap(e, p) for p in parts):
                 continue
             if _ROW.match(e.text) and any(_ROW.match(p.text) for p in parts):
                 continue  # sibling table rows are alternatives, not parts of one answer
@@ -208,6 +208,13 @@ class GuardedReply:
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote
         return ("" if head.endswith((" ", "\n")) else " ") + quote
+
+
+def _overlap(a: Evidence, b: Evidence) -> bool:
+    """Whether two pieces of evidence share a sentence ("Hours: 9 to 5. +1 902 555 0188" and "+1 902 555 0188, a
+    five-minute walk from ..." would say the number twice), or one's text holds the other's."""
+    shared = a.span is not None and b.span is not None and a.span[0] <= b.span[1] and b.span[0] <= a.span[1]
+    return shared or a.text in b.text or b.text in a.text
 
 
 def _words_at(text: str, m: re.Match) -> str:

@@ -207,6 +207,16 @@ def test_a_sentence_made_of_words_from_nowhere_is_not_sent():
     assert bad == [] and text.startswith("Ahoy! No, the Galleon plan's cores are dedicated.")
 
 
+def test_a_quote_never_says_one_sentence_twice():
+    # short lines are quoted with the one after them: "hours + phone" and "phone + walk" share the phone line
+    office = Source("offices.html", "Offices > Halifax", None, "c11", 0.7, text=(
+        "Offices > Halifax\nReception: Monday to Friday, 09:30 to 16:30.\n+1 902 555 0188\n"
+        "A five-minute walk from the ferry terminal.\nThe Halifax office opened in 2014 and has 40 staff."))
+    text, _, _ = run("What are the reception hours and phone number of the Halifax office?", "Ahoy!",
+                     sources=(office,))
+    assert text.count("555 0188") == 1 and "09:30 to 16:30" in text
+
+
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
     # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: quote it
     text, grounding, bad = run("How much do I save if I prepay a year?", "Ahoy! A plan costs $14 per month [1].",
