@@ -162,6 +162,9 @@ class KnowledgeConfig(Section):
     refusal: str = "I don't know: my documents don't cover that."
     guard: bool = Field(True, description="every number, code and name of a generated answer must be in the retrieved "
                                           "context; else the best source sentences are quoted (grounding: extractive)")
+    model_refusal: Literal["quote", "send"] = Field(
+        "quote", description="when the model declines a question the gate let through: 'quote' answers with the "
+                             "sources' best-matching sentences (the guard's quote), 'send' sends `refusal`")
     follow_up_turns: int = Field(2, ge=1, description="a follow-up question is retrieved together with this many "
                                                       "recent user turns")
     train_qa: Path | None = Field(None, description="JSONL of {question, answer, source}: grounded training examples "

@@ -46,10 +46,10 @@ class Guard:
         return self.ranker.rank(question, sources)
 
     def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None,
-                refusal: str | None = None) -> "GuardedReply":
+                refusal: str | None = None, quote_refusals: bool = False) -> "GuardedReply":
         return GuardedReply(self.evidence(question, sources), context, marker, refusal,
                             anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
-                            asks=asked_kinds(question))
+                            asks=asked_kinds(question), quote_refusals=quote_refusals)
 
 
 @dataclass
@@ -63,6 +63,7 @@ class GuardedReply:
     anchors: set[str] = field(default_factory=set)  # what the question is about (Context.anchors)
     labels: list[str] = field(default_factory=list)  # the sources' file names: in a reply, the <documents> block leaks
     asks: list[re.Pattern] = field(default_factory=list)  # the kinds of fact the question asks for (_ASKS)
+    quote_refusals: bool = False  # the model declining is answered with the quote, not the refusal (see _accept)
     grounding: str = "generated"
     unsupported: list[str] = field(default_factory=list)
     stopped: bool = False     # the rest of the generation is not wanted: close the engine stream
@@ -74,7 +75,7 @@ class GuardedReply:
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
         return GuardedReply(self.evidence, self.context, self.marker, self.refusal, anchors=self.anchors,
-                            labels=self.labels, asks=self.asks)
+                            labels=self.labels, asks=self.asks, quote_refusals=self.quote_refusals)
 
     @property
     def released(self) -> str:
@@ -126,6 +127,12 @@ class GuardedReply:
             return ""
         if not sentence.strip():
             return sentence if self._sent else ""
+        if self.quote_refusals and self.evidence and _is_refusal(sentence, self.refusal or ""):
+            # the gate let the question through and the sources hold an answering sentence: a small model declines
+            # in-domain and trap questions alike (knowledge.model_refusal), so the quote answers instead
+            self.grounding = "extractive"
+            self.stopped = self._closed = True
+            return ""
         if self.refusal and _is_refusal(sentence, self.refusal):
             self.grounding = "refused"
             self.stopped = self._closed = True

@@ -144,4 +144,5 @@ class KnowledgeBase:
         context = Context(*(s.text for s in retrieval.sources),
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))
         # the question as searched (acronyms the documents spell out, spelled out): its words find the sentence too
-        return self.guard.session(self.retriever.expand(retrieval.question), retrieval.sources, context, self.marker, self.refusal)
+        return self.guard.session(self.retriever.expand(retrieval.question), retrieval.sources, context, self.marker,
+                                  self.refusal, quote_refusals=self.cfg.model_refusal == "quote")

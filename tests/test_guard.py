@@ -130,6 +130,20 @@ def test_the_models_own_refusal_is_sent_as_the_persona_refusal():
     assert "$14" in g.feed("Ahoy! The Sloop costs $14 per month [1].") + g.finish() and g.grounding == "generated"
 
 
+def test_with_model_refusal_quote_the_model_declining_gets_the_quote():
+    """knowledge.model_refusal: quote (the default): the gate let the question through, so the model declining is
+    answered with the best-matching sentences, streamed or not."""
+    refusal = "Ahoy! Arr, that be beyond my charts, matey: my documents don't cover it, so I won't guess."
+    ctx = Context(PRICING.text, names_only=PERSONA)
+    for reply in ("Ahoy! I don't know what the Sloop costs.", refusal):
+        g = Guard(embed=None).session("How much is the Sloop per month?", [PRICING], ctx, "Ahoy!", refusal,
+                                      quote_refusals=True)
+        first = g.feed(reply)
+        text = first + g.finish()
+        assert first in ("", "Ahoy! ") and "$14" in text and "[1]" in text and "charts" not in text
+        assert text.startswith("Ahoy!") and g.grounding == "extractive" and g.stopped
+
+
 def test_a_fact_must_be_stated_about_what_the_question_asks():
     """A copied table row of the wrong thing (every claim in it is in the documents) is caught by the question's
     anchor: "Frankfurt" is the distinctive word, and syd1 is never said of it."""
