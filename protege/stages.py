@@ -57,7 +57,7 @@ def _hash_obj(*parts: Any) -> str:
 # Knobs added after assistants were built: left at their default they stay out of the keys, so upgrading protege does
 # not retrain every assistant; set, they count (max_file_mb changes what is indexed, hence the index key; an index
 # from before sentence_vectors is served from its chunk vectors until `protege index` fills the sentences in).
-# The keys that dump the knowledge section leave both out; those that read the whole config (_NEW_KNOBS below) only
+# The keys that dump the knowledge section leave them all out; those that read the whole config (_NEW_KNOBS below) only
 # the knobs after the first, which came before such reads.
 _NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors", "train_near_miss_fraction", "model_refusal")
 

@@ -262,11 +262,10 @@ _JOIN = r"[ \t\-/]+(?:(?:of|and|the|for|&)[ \t\-/]+)?"
 
 
 def _spelled_out(acronym: str, text: str, capitals: bool = False) -> str | None:
-    """Where the documents spell the acronym out as consecutive words, "of/and/the/for" allowed between them (never
-    one of its letters' words: "currency of the original" is no COO), those
-    words lower-cased: CFO -> "chief financial officer", SLA -> "service level agreement"; else None. With `capitals`
-    each word must start with its capital letter as written ("Chief Financial Officer", not "currency of the
-    original" for CTO)."""
+    """Where the documents spell the acronym out as consecutive words, "of/and/the/for" allowed between them but never
+    one of its letters' words ("currency of the original" is no COO), those words lower-cased: CFO -> "chief financial
+    officer", SLA -> "service level agreement"; else None. With `capitals` each word must start with its capital
+    letter as written ("Chief Financial Officer", not "currency [of] the original" for CTO)."""
     letters = acronym.upper() if capitals else acronym.lower()
     pattern = r"\b" + _JOIN.join(r"(?!(?:of|and|the|for)\b)" + re.escape(c) + r"[A-Za-z0-9']*" for c in letters) + r"\b"
     m = re.search(pattern, text) if capitals else re.search(pattern, text, re.IGNORECASE)
