@@ -48,6 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rag_legacy import legacy_add, legacy_retriever, legacy_store  # noqa: E402  (bench/, beside this script)
+
 K = 4
 DATA_VERSION = 2  # bump when the synthetic data changes: cached baseline stores are keyed on it
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "protege-bench" / "rag_latency"
@@ -145,61 +147,6 @@ def questions(chunks: list[str], n: int, seed: int) -> list[str]:
     return out
 
 
-# --- the old configuration ----------------------------------------------------------------------------------------
-def legacy_retriever(store, emb, **kw):
-    """Retriever with the pre-issue-13 BM25 plumbing: BM25Okapi rebuilt from every document when the count changes,
-    scored by a Python pass over all documents."""
-    from rank_bm25 import BM25Okapi
-
-    from rag import retrieve
-
-    class Legacy(retrieve.Retriever):
-        _key = _corpus_cache = None
-
-        def _corpus(self):
-            key = self.store.count()
-            if self._corpus_cache is None or self._key != key:
-                ids, tok, vocab, text = [], [], set(), []
-                for cid, _, doc in self.store.iter_all(include=("documents",)):
-                    t = retrieve.bm25_tokens(doc)
-                    ids.append(cid)
-                    tok.append(t or ["_"])
-                    vocab.update(t)
-                    text.append((doc or "").lower())
-                self._corpus_cache = (BM25Okapi(tok) if ids else None, ids, sorted(vocab), "\n".join(text))
-                self._key = key
-            return self._corpus_cache
-
-        def unknown_names(self, question):
-            _, _, vocab, text = self._corpus()
-            missing = []
-            for w in retrieve.salient_words(question):
-                if re.fullmatch(r"[A-Z]{2,}s", w):
-                    w = w[:-1]
-                if re.fullmatch(r"[A-Z]{3,6}", w) and retrieve._spelled_out(w, text):
-                    continue
-                missing += [t for t in retrieve.bm25_tokens(w)
-                            if not (t.isdigit() or retrieve._has_prefix(vocab, t))]
-            return missing
-
-        def _lexical(self, question, n):  # the fusion itself is the same: only the BM25 plumbing differs
-            bm25, ids, _, _ = self._corpus()
-            tokens = retrieve.bm25_tokens(question)
-            if bm25 is None or not tokens:
-                return []
-            scores = bm25.get_scores(tokens)
-            return [ids[i] for i in sorted(range(len(ids)), key=lambda i: -scores[i])[:n] if scores[i] > 0]
-
-    return Legacy(store, emb, **kw)
-
-
-def legacy_add(col, ids, vecs, docs, metas) -> None:
-    """The old Store.add: Chroma's max batch (capped at 5000), embeddings as lists."""
-    for s in range(0, len(ids), 5000):
-        col.add(ids=ids[s:s + 5000], embeddings=vecs[s:s + 5000].tolist(), documents=docs[s:s + 5000],
-                metadatas=metas[s:s + 5000])
-
-
 # --- one size -----------------------------------------------------------------------------------------------------
 def build(kind: str, root: Path, name: str, data, args) -> tuple[object, dict]:
     """The store of `kind` ("baseline" or "new") holding `data`, and how fast it was filled."""
@@ -233,15 +180,7 @@ def build(kind: str, root: Path, name: str, data, args) -> tuple[object, dict]:
     if col.count() != len(ids):
         raise SystemExit(f"{folder}: cached baseline holds {col.count()} chunks, not {len(ids)}; use --fresh-baseline")
 
-    class NoExact:  # the baseline predates the exact search of small collections (rag/exact.py)
-        def search(self, embedding, k):
-            return None
-
-    class Old(Store):  # the collection as it is; this tree's BM25 file is never touched by the baseline
-        def __init__(self):
-            self.client, self.name, self.col, self.writes, self._exact = client, name, col, 0, NoExact()
-
-    return Old(), {**built, "cached": not fresh_build}
+    return legacy_store(client, name, col), {**built, "cached": not fresh_build}
 
 
 def measure(kind: str, store, emb, vecs: np.ndarray, qs: list[str]) -> dict:
