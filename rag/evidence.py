@@ -136,8 +136,6 @@ def _stem(w: str) -> str:
     return w[:5]
 
 
-
-
 class EvidenceRanker:
     """Ranks the sentences of a question's sources; sentence embeddings are cached across questions."""
 

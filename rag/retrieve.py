@@ -59,9 +59,9 @@ class Retriever:
 
     def invalidate(self) -> None:
         """Call after the collection changed. The BM25 index follows the store by itself (store.bm25()); this only
-        drops the lower-cased text kept for spelled-out acronyms and name phrases."""
-        self._derived.pop("text", None)
-        self._derived.pop("spaced", None)
+        drops the text kept for spelled-out acronyms and name phrases, and the acronyms found spelled out in it."""
+        for name in ("text", "spaced", "spelled"):
+            self._derived.pop(name, None)
 
     def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
         """Final ranked sources, best first, no gate applied (`qvec`: the embedding of `expand(question)` if already
@@ -100,7 +100,7 @@ class Retriever:
         bm25 = self.store.bm25()
         vocab = bm25.terms()
         words = [phrase for w in acronyms if not _in_sorted(vocab, w.lower())
-                 for phrase in [_spelled_out(w, self._all_text(bm25), capitals=True)]
+                 for phrase in [self._spelled(w, bm25)]
                  if phrase and phrase not in question.lower()]
         return f"{question} ({'; '.join(words)})" if words else question
 
@@ -131,7 +131,7 @@ class Retriever:
             if re.fullmatch(r"[A-Z]{2,}s", w):  # a plural acronym: "CPUs" names what "CPU" names
                 w = w[:-1]
             # "CFO": "Chief Financial Officer"
-            if re.fullmatch(r"[A-Z]{3,6}", w) and _spelled_out(w, self._all_text(bm25), capitals=True):
+            if re.fullmatch(r"[A-Z]{3,6}", w) and self._spelled(w, bm25):
                 continue
             whole = len(w) >= 3 and w.isupper()  # an acronym of 3 letters or more is a whole word: COO is not "cool"
             for t in bm25_tokens(w):
@@ -145,6 +145,17 @@ class Retriever:
                 if f" {phrase} " not in text and initials not in vocab:  # "CFO" names "chief financial officer"
                     missing.append(phrase)
         return missing
+
+    def _spelled(self, acronym: str, bm25) -> str | None:
+        """_spelled_out(acronym, all text, capitals=True), searched once per acronym and version of the index: one
+        question asks it in search(), in unknown_names() and again in expand() for the guard, and each search reads
+        the whole corpus text."""
+        held = self._per_version("spelled", bm25, dict)
+        if acronym not in held:
+            if len(held) > 10000:
+                held.clear()
+            held[acronym] = _spelled_out(acronym, self._all_text(bm25), capitals=True)
+        return held[acronym]
 
     def _spaced_text(self, bm25) -> str:
         """All text as single-spaced words (see _spaced), kept once per version of the index: a name phrase is
