@@ -98,8 +98,18 @@ def unknown_codes(question: str, texts: list[str]) -> list[str]:
     """Codes the question names (a letter-led token with a digit: BH-5099, fra9, t3.micro; not "8-core") that none of
     the texts holds. Retrieval ranks BH-5099 next to the documented BH-5017, so the score gate cannot tell them apart;
     the exact string can."""
-    flat = re.sub(r"\s+", "", "\n".join(texts).lower())
-    return [c for c in sorted(claims(question).codes) if c[0].isalpha() and c not in flat]
+    flat = flat_text("\n".join(texts))
+    return [c for c in question_codes(question) if c not in flat]
+
+
+def question_codes(question: str) -> list[str]:
+    """The codes a question names, lower-cased and sorted: letter-led tokens with a digit (BH-5099, fra9, t3.micro)."""
+    return [c for c in sorted(claims(question).codes) if c[0].isalpha()]
+
+
+def flat_text(text: str) -> str:
+    """Lower-cased without whitespace: how a code is looked up in a text ("BH-3320  Account" holds "bh-3320")."""
+    return re.sub(r"\s+", "", text.lower())
 
 
 class Context:

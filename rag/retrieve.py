@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rag.bm25_index import bm25_tokens  # noqa: F401  (re-exported: callers import it from here)
+from rag.claims import flat_text, question_codes
 from rag.store import Hit, Store
 from rag.types import Source
 
@@ -78,7 +79,7 @@ class Retriever:
             hits = self._lift(hits, best, lexical, qvec, n)
         if self.rerank_path:
             hits = self._rerank(question, hits)
-        hits = hits[:k]
+        hits = _pin_codes(question, hits, k)[:k]
         if self.unknown_name_factor < 1.0 and hits and self.unknown_names(question):
             for h in hits:
                 h.score *= self.unknown_name_factor
@@ -313,6 +314,28 @@ def _dots(qvec: list[float], embeddings) -> list[float]:
         embs = embs.astype(np.float64)
     prods = np.asarray(qvec, dtype=embs.dtype) * embs
     return [float(x) for x in np.cumsum(prods, axis=1, dtype=embs.dtype)[:, -1]]
+
+
+def _pin_codes(question: str, hits: list[Hit], k: int) -> list[Hit]:
+    """For each code the question names (BH-3320, t3.micro), the best-ranked candidate that holds it goes first,
+    scored as the best of the top k. Embeddings rank a table's chunks of look-alike codes (BH-3310, BH-4207) close
+    together, so the chunk with the very code fell to 3rd, or out of the top k (and the gate, finding the code in no
+    source, refused); the exact string is the surest evidence there is."""
+    codes = question_codes(question)
+    if not codes or not hits:
+        return hits
+    flat = [flat_text(h.text) for h in hits]
+    pinned: list[Hit] = []
+    for code in codes:
+        holder = next((h for h, f in zip(hits, flat) if code in f), None)
+        if holder is not None and holder not in pinned:
+            pinned.append(holder)
+    if not pinned:
+        return hits
+    best = max(h.score for h in hits[:k])
+    for h in pinned:
+        h.score = max(h.score, best)
+    return pinned + [h for h in hits if h not in pinned]
 
 
 def _source(h: Hit) -> Source:
