@@ -107,6 +107,11 @@ def question_codes(question: str) -> list[str]:
     return [c for c in sorted(claims(question).codes) if c[0].isalpha()]
 
 
+def code_spans(text: str) -> list[str]:
+    """The commands and flags a text writes in backticks, as flat_text() writes them ("`bhc  login`" -> "bhclogin")."""
+    return [flat_text(x) for x in _CODE_SPAN.findall(text)]
+
+
 def flat_text(text: str) -> str:
     """Lower-cased without whitespace: how a code is looked up in a text ("BH-3320  Account" holds "bh-3320")."""
     return re.sub(r"\s+", "", text.lower())
@@ -173,7 +178,7 @@ class Context:
         bad += [x for x in sorted(c.codes) if not self.supports_code(x)]
         bad += [x for x in sorted(c.names) if not self.supports_name(x)]
         # a command or flag in backticks is used as written: it must be in the documents as one piece
-        bad += [f"`{x}`" for x in _CODE_SPAN.findall(text) if re.sub(r"\s+", "", x.lower()) not in self.flat]
+        bad += [f"`{x}`" for x in _CODE_SPAN.findall(text) if flat_text(x) not in self.flat]
         if not bad:
             bad = self.misattributed(c, anchors or set())
         return bad

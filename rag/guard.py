@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rag.claims import Context, claims
+from rag.claims import Context, claims, code_spans, flat_text
 from rag.degenerate import MAX_SENTENCE_WORDS, cut_loop, looping, recites_rules, repeats, scaffold_at
 from rag.evidence import Evidence, EvidenceRanker, _stem, asked_kinds, content_words
 from rag.sentences import ROW as _ROW
@@ -174,8 +174,12 @@ class GuardedReply:
     def _states(self, e: Evidence) -> bool:
         """True when the reply states the evidence sentence: all its figures of the kind the question asks for first
         ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds none of that kind or is a
-        table row, most of its words when it has no figure. A small model that reads the right document often states
-        a neighbouring fact of it: a fact found elsewhere in the sources does not stand in for the best-matching one."""
+        table row, most of its words when it has no figure; and one of its commands or flags (in backticks) when it
+        writes any. A small model that reads the right document often states a neighbouring fact of it: a fact found
+        elsewhere in the sources does not stand in for the best-matching one."""
+        spans = code_spans(e.text)  # "Flag: `--debug`; Meaning: Print each HTTP request": the flag is the answer
+        if spans and not any(x in flat_text(self.released) for x in spans):
+            return False
         said = claims(self.released)
         facts = claims(e.text)
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words

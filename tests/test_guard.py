@@ -324,3 +324,16 @@ def test_a_command_in_backticks_must_be_written_as_the_documents_write_it():
 def test_a_fragment_left_before_a_leaked_label_is_not_sent():
     text, grounding, _ = run("How much is the Sloop per month?", "Ahoy! The pricing-plans.md document says $14.")
     assert grounding == "extractive" and not text.startswith("Ahoy! The Plan") and text.startswith("Ahoy! Plan: Sloop")
+
+
+def test_a_reply_copying_a_flags_meaning_without_the_flag_gets_the_flag():
+    """"Flag: `--debug`; Meaning: Print each HTTP request ...": a reply that copies the meaning but leaves out the flag
+    has not answered "how do I make it print its requests?"; the flag is quoted."""
+    cli = Source("cli.md", "CLI > Global flags", None, "c6", 0.8, text=(
+        "CLI > Global flags\nFlag: `--debug`; Meaning: Print each HTTP request and response, with the token masked\n"
+        "Flag: `--output json`; Meaning: Print results as JSON"))
+    q = "how do I make the CLI print out every HTTP request it sends?"
+    text, grounding, _ = run(q, "Ahoy! Print each HTTP request and response, with the token masked.", sources=(cli,))
+    assert grounding == "extractive" and "`--debug`" in text
+    text, grounding, _ = run(q, "Ahoy! Add `--debug` to print each HTTP request and response [1].", sources=(cli,))
+    assert grounding == "generated" and text.count("--debug") == 1
