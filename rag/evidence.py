@@ -45,7 +45,7 @@ _ASKS = [
                 re.I)),
     (re.compile(r"\b(how many|how much|limit|maximum|minimum|percent|%|rate|size|number)\b", re.I), re.compile(r"\d")),
     (re.compile(r"\b(code|region|slug|command|flag|id|header|variable|endpoint|parameter)\b", re.I),
-     re.compile(r"\b[a-z]+\d|\b[a-z]+-[a-z]+|`", re.I)),
+     re.compile(r"\b[a-z]+-?\d|\b[a-z]+-[a-z]+|`", re.I)),  # fra1, BH-4207, per-page, `bhc login`
 ]
 
 

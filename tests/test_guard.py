@@ -209,6 +209,10 @@ def test_the_thing_a_which_question_names_is_what_it_asks_for():
         "to wait. X-BH-RateLimit-Remaining holds the requests left in the current window."))
     got = session("Which header tells me how many API calls I have left?", sources=(limits,)).evidence[0]
     assert got.text.startswith("X-BH-RateLimit-Remaining") and got.primary
+    # an error code is a code: letters, a hyphen, digits
+    code = asked_kinds("Which error code do I get when I have too many servers?")[0]
+    assert code.search("BH-4207 Your account is at its maximum number of servers.")
+    assert not code.search("Your account is at its maximum of 10 servers.")
 
 
 def test_a_sentence_made_of_words_from_nowhere_is_not_sent():
