@@ -41,7 +41,7 @@ _ASKS = [
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
                 r"how fast)\b", re.I),
      re.compile(r"\b(19|20)\d\d\b|\b\d{1,2}:\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
-                r"[\s-]?(seconds?|days?|hours?|minutes?|months?|years?|weeks?)\b|\b(daily|weekly|monthly|yearly)\b",
+                r"[\s-]?(?:(?:business|working|calendar|full)\s)?(seconds?|days?|hours?|minutes?|months?|years?|weeks?)\b|\b(daily|weekly|monthly|yearly)\b",
                 re.I)),
     (re.compile(r"\b(how many|how much|limit|maximum|minimum|percent|%|rate|size|number)\b", re.I), re.compile(r"\d")),
     (re.compile(r"\b(code|region|slug|command|flag|id|header|variable|endpoint|parameter)\b", re.I),

@@ -188,6 +188,12 @@ def test_evidence_carries_the_kind_of_fact_asked_for():
         "Installation\nTo claim, send the installer's certificate number and a photo of the unit. "
         "Only a certified electrician may install it."))
     assert "electrician" in session("Who is allowed to install the battery?", sources=(install,)).evidence[0].text
+    # "5 business days" is a time as much as "30 minutes" is
+    policy = Source("status.txt", "Incidents", None, "c9", 0.7, text=(
+        "Incidents\nAn incident is marked Resolved only after the service has been stable for 30 minutes. "
+        "For every Major incident, a post-incident review is published within 5 business days of resolution."))
+    got = session("How soon after a serious outage is the review published?", sources=(policy,)).evidence[0]
+    assert "5 business days" in got.text and got.primary
 
 
 def test_a_place_or_a_thing_after_an_article_or_preposition_is_no_persons_name():
