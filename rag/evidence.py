@@ -39,7 +39,7 @@ _ASKS = [
                 r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), re.compile(r"\+?\d[\d ().-]{7,}\d")),
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
-                r"how fast)\b", re.I),
+                r"how fast|time limit|timeout)\b", re.I),
      re.compile(r"\b(19|20)\d\d\b|\b\d{1,2}:\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
                 r"[\s-]?(?:(?:business|working|calendar|full)\s)?(seconds?|days?|hours?|minutes?|months?|years?|weeks?)\b|\b(daily|weekly|monthly|yearly)\b",
                 re.I)),

@@ -219,6 +219,10 @@ def test_the_thing_a_which_question_names_is_what_it_asks_for():
     code = asked_kinds("Which error code do I get when I have too many servers?")[0]
     assert code.search("BH-4207 Your account is at its maximum number of servers.")
     assert not code.search("Your account is at its maximum of 10 servers.")
+    # a time limit is a duration, not any number: "waits up to 120 seconds", not "BH-5020 ... ran past its time limit"
+    limit = asked_kinds("so what's the time limit for the hook?")[0]
+    assert limit.search("The agent waits up to 120 seconds for it to finish.")
+    assert not limit.search("BH-5020 The hook script ran past its time limit.")
 
 
 def test_a_sentence_made_of_words_from_nowhere_is_not_sent():
