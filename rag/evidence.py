@@ -35,8 +35,11 @@ _ASKS = [
      # or a role ("a certified electrician may install it")
      re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])|" + _ROLE)),
     (re.compile(r"\b(address|street|headquarter|headquarters|hq)\b", re.I),
+     # "88 Cable Wharf Road"; the number after the street ("Rua da Ribeira Nova 42", "Hauptstraße 5"); "PO Box 3142"
      re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
-                r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b")),
+                r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b|"
+                r"\b(?:Rua|Rue|Via|Calle|Avenida|Strasse|Straße)\s+(?:(?:[A-Z]\w*|d[aeio]s?|de[ls]?|la|le)\s+){1,4}\d+\b|"
+                r"\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b|\bP\.?\s?O\.? Box \d+")),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), re.compile(r"\+?\d[\d ().-]{7,}\d")),
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
                 r"how fast|time limit|timeout)\b", re.I),

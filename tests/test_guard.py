@@ -351,3 +351,16 @@ def test_a_reply_copying_a_flags_meaning_without_the_flag_gets_the_flag():
     assert grounding == "extractive" and "`--debug`" in text
     text, grounding, _ = run(q, "Ahoy! Add `--debug` to print each HTTP request and response [1].", sources=(cli,))
     assert grounding == "generated" and text.count("--debug") == 1
+
+
+def test_an_address_written_number_last_is_an_address():
+    """"Rua da Ribeira Nova 42" is an address as much as "11 Keppel Bay Quay": a reply giving the other office's
+    address shares only a "3" with it ("3º andar", "#07-03"), which had counted as stating it."""
+    lisbon = Source("offices.html", "Offices > Lisbon", None, "c11", 0.7, text=(
+        "Offices > Lisbon\nRua da Ribeira Nova 42, 3º andar, 1200-371 Lisboa, Portugal."))
+    singapore = Source("offices.html", "Offices > Singapore", None, "c12", 0.6, text=(
+        "Offices > Singapore\nThe office is at 11 Keppel Bay Quay, #07-03, Singapore."))
+    text, grounding, _ = run("whats the address of the office there?",
+                             "Ahoy! The address is 11 Keppel Bay Quay, #07-03, Singapore.", sources=(lisbon, singapore))
+    assert grounding == "extractive" and "Rua da Ribeira Nova 42" in text
+    assert asked_kinds("What's your postal address?")[0].search("Write to Byte Harbor Cloud Inc., PO Box 3142.")
