@@ -25,7 +25,9 @@ _ROLE = (r"\b(?:electrician|technician|installer|engineer|administrator|admin|ow
 _NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below|inside)"
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
-    (re.compile(r"\b(save|saving|savings|discount|percent|percentage)\b", re.I), re.compile(r"\d\s?%")),
+    # a share: "how much do I save", "how much do backups cost compared to the server?"
+    (re.compile(r"\b(save|saving|savings|discount|percent|percentage|compared (?:to|with)|relative to|share of|"
+                r"proportion)\b", re.I), re.compile(r"\d\s?%")),
     (re.compile(r"\b(how much|cost|price|pay|fee|(?<!in )charge|cheap|expensive|\$)", re.I),  # not "in charge of"
      re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
     (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),

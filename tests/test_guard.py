@@ -188,6 +188,12 @@ def test_evidence_carries_the_kind_of_fact_asked_for():
         "Installation\nTo claim, send the installer's certificate number and a photo of the unit. "
         "Only a certified electrician may install it."))
     assert "electrician" in session("Who is allowed to install the battery?", sources=(install,)).evidence[0].text
+    # "how much ... compared to the server price" asks for a share, not the example's price
+    backups = Source("backups.md", "Backups > Price", None, "c13", 0.7, text=(
+        "Backups > Price\nFor example, backups for a Sloop server ($14 per month) cost $2.80 per month. "
+        "Automatic backups cost 20% of the server's monthly plan price."))
+    got = session("How much do automatic backups cost compared to the server price?", sources=(backups,)).evidence[0]
+    assert "20%" in got.text and got.primary
     # "5 business days" is a time as much as "30 minutes" is
     policy = Source("status.txt", "Incidents", None, "c9", 0.7, text=(
         "Incidents\nAn incident is marked Resolved only after the service has been stable for 30 minutes. "
