@@ -23,28 +23,35 @@ from rag.types import Source
 _ROLE = (r"\b(?:electrician|technician|installer|engineer|administrator|admin|owner|manager|contractor|plumber|"
          r"accountant|lawyer|officer|representative|specialist|supervisor|operator|inspector|auditor)s?\b(?!')")
 _NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below|inside)"
+# the shapes of a way to reach someone: "88 Cable Wharf Road"; the number after the street ("Rua da Ribeira Nova 42",
+# "Hauptstraße 5"); "PO Box 3142" / "+1 902 555 0188", "(902) 555-0188", "555-0142" / "visits@byteharbor.cloud"
+_STREET = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
+                     r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b|"
+                     r"\b(?:Rua|Rue|Via|Calle|Avenida|Strasse|Straße)\s+(?:(?:[A-Z]\w*|d[aeio]s?|de[ls]?|la|le)\s+){1,4}"
+                     r"\d+\b|\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b|\bP\.?\s?O\.? Box \d+")
+_PHONE = re.compile(r"\+\d[\d ().-]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\b\d{3}[ .-]\d{4}\b")  # not "1200-371"
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.\w+")
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     # a share: "how much do I save", "how much do backups cost compared to the server?"
     (re.compile(r"\b(save|saving|savings|discount|percent|percentage|compared (?:to|with)|relative to|share of|"
                 r"proportion)\b", re.I), re.compile(r"\d\s?%")),
-    (re.compile(r"\b(how much|cost|price|pay|fee|(?<!in )charge|cheap|expensive|\$)", re.I),  # not "in charge of"
-     re.compile(r"[$€£]\s?\d|\d\s?(usd|eur)\b|\bfree\b", re.I)),
+    # money: not "in charge of", not "payment methods", not "how much notice" (a time) or "how much memory" (a size)
+    (re.compile(r"\b(how much(?! (?:notice|time|warning|longer|memory|ram|disk|space|storage|data|traffic))|costs?|"
+                r"pric(?:e|es|ed|ing)|pay|paid|fees?|(?<!in )charge[sd]?|cheap\w*|expensive|raised?)\b|\$", re.I),
+     re.compile(r"[$€£]\s?\d|\b(?:usd|eur|cad|gbp|aud)\s?\d|\d\s?(usd|eur|cad|gbp|aud)\b|\bfree\b", re.I)),
+    (re.compile(r"\be-?mail address", re.I), _EMAIL),
     (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),
      # a person's name: two capitalised words after a lower-case word or a "Key:" (not a sentence's first words,
      # not part of a longer name such as a company's "Byte Harbor Cloud"; not after an article or a preposition of
      # place: "the Harbor Link", "on Hollis Street", "of Byte Harbor" name things and places)
      # or a role ("a certified electrician may install it")
      re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])|" + _ROLE)),
-    (re.compile(r"\b(address|street|headquarter|headquarters|hq)\b", re.I),
-     # "88 Cable Wharf Road"; the number after the street ("Rua da Ribeira Nova 42", "Hauptstraße 5"); "PO Box 3142"
-     re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
-                r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b|"
-                r"\b(?:Rua|Rue|Via|Calle|Avenida|Strasse|Straße)\s+(?:(?:[A-Z]\w*|d[aeio]s?|de[ls]?|la|le)\s+){1,4}\d+\b|"
-                r"\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b|\bP\.?\s?O\.? Box \d+")),
-    (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), re.compile(r"\+?\d[\d ().-]{7,}\d")),
+    (re.compile(r"\b((?<!e-mail )(?<!email )address|street|headquarter|headquarters|hq)\b", re.I),
+     _STREET),
+    (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), _PHONE),
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
-                r"how fast|time limit|timeout)\b", re.I),
+                r"how fast|time limit|timeout|how much (?:notice|time|warning|longer))\b", re.I),
      re.compile(r"\b(19|20)\d\d\b|\b\d{1,2}:\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
                 r"[\s-]?(?:(?:business|working|calendar|full)\s)?(seconds?|days?|hours?|minutes?|months?|years?|weeks?)\b|\b(daily|weekly|monthly|yearly)\b",
                 re.I)),
@@ -80,6 +87,25 @@ _SUPERLATIVE = [  # (what the question says, which values compare, True: the lar
     (re.compile(r"\b(cheapest|least expensive|lowest[- ]priced|smallest|entry[- ]level)\b", re.I), "money", False),
     (re.compile(r"\b(most expensive|priciest|biggest|largest|top[- ]tier)\b", re.I), "money", True),
 ]
+
+
+# questions that ask for a way to reach someone, and the shape of the answer: when no retrieved source holds that shape,
+# the documents cannot answer ("the Lisbon office's phone number" when only Halifax's is written down). Kept to the
+# unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare public address") ask no number.
+_CONTACT_ASKS = [
+    (re.compile(r"\b(?:phone|telephone|fax) number|\bnumber (?:to|do i|should i|can i) (?:call|dial|ring)|\bdial\b",
+                re.I), _PHONE),
+    (re.compile(r"\be-?mail address", re.I), _EMAIL),
+    (re.compile(r"\b(?:street|postal|mailing|visiting|office) address|(?<!ip )(?<!public )(?<!floating )"
+                r"\baddress of (?:the|your)\b", re.I), _STREET),
+]
+
+
+def missing_contact(question: str, texts: Sequence[str]) -> bool:
+    """True when the question asks for a phone number, an e-mail address or a street address and none of the texts
+    holds one: the score gate lets "What's the phone number of the Lisbon office?" through on the office's page."""
+    shapes = [has for ask, has in _CONTACT_ASKS if ask.search(question)]
+    return bool(shapes) and not any(has.search(t) for has in shapes for t in texts)
 
 
 _WHICH = re.compile(r"\b(?:which|what)(?:'s| is| are)?(?: the| a| an)? ([a-z]+(?: [a-z]+)?)\b", re.I)

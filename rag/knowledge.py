@@ -101,16 +101,19 @@ class KnowledgeBase:
         return self.retriever.search(question, k)
 
     def retrieve(self, question: str) -> Retrieval:
-        """Top-k with the gate: refused=True when the best final score is below min_score, or when the question names a
-        code (an error code, a region slug) that none of the sources holds. When answered, sources under the threshold
-        are dropped too (they would be irrelevant citations)."""
+        """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
+        code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail or a
+        street address that none of them writes. When answered, sources under the threshold are dropped too (they would
+        be irrelevant citations)."""
         from rag.claims import unknown_codes
+        from rag.evidence import missing_contact
 
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
         refused = not ranked or confidence < self.cfg.min_score
         sources = [] if refused else [s for s in ranked if s.score >= self.cfg.min_score]
-        if sources and unknown_codes(question, [s.text for s in sources]):
+        texts = [s.text for s in sources]
+        if sources and (unknown_codes(question, texts) or missing_contact(question, texts)):
             sources, refused = [], True  # "error BH-5099" when only BH-5017 is documented: nothing to answer from
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused)
 

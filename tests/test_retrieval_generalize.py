@@ -181,3 +181,19 @@ def test_a_documented_code_finds_the_chunk_that_holds_it(demo_kb):
         got = demo_kb.retrieve(f"What does error {code} mean?")
         assert not got.refused and code in got.sources[0].text, code
     assert demo_kb.retrieve("The console just showed me error BH-5099. What does that one mean?").refused
+
+
+def test_a_question_for_a_contact_no_source_writes_is_refused(demo_kb):
+    """Asked for a phone number, an e-mail or a street address, the documents answer only when a retrieved source
+    writes one: the Lisbon office's page passes the score gate but holds no phone number (Halifax's does)."""
+    assert demo_kb.retrieve("What's the phone number for the Lisbon office reception?").refused
+    got = demo_kb.retrieve("What's the reception phone number at the Halifax head office?")
+    assert not got.refused and any("+1 902 555 0188" in s.text for s in got.sources)
+    got = demo_kb.retrieve("What's the street address of your Lisbon office?")
+    assert not got.refused and any("Rua da Ribeira Nova 42" in s.text for s in got.sources)
+    # "phone" or "address" alone asks for no number: alerts on a phone, a spare public address
+    from rag.evidence import missing_contact
+
+    assert not missing_contact("Can I get outage alerts as text messages on my phone?", ["Alerts go out by e-mail."])
+    assert not missing_contact("Do I pay for a public address of the server?", ["Floating IPs cost $3."])
+    assert missing_contact("What's the email address for billing?", ["Billing questions go to the billing team."])
