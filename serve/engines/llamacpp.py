@@ -20,10 +20,8 @@ import asyncio
 import codecs
 import collections
 import ctypes
-import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -34,6 +32,7 @@ from typing import Any, AsyncIterator
 from protege.errors import require
 from serve.engines.base import BaseEngine, EngineError, GenDelta, GenParams, TokenLogprob, Usage, stop_holdback
 from serve.engines.lora import attach as attach_lora, free as free_lora
+from serve.engines.llamacpp_sampling import sampler_chain
 from serve.engines.prefix_cache import SlotCache
 
 log = logging.getLogger("protege.serve")
@@ -210,28 +209,7 @@ class LlamaCppEngine(BaseEngine):
 
     # ----------------------------------------------------------------------------------------------- sampling
     def _make_sampler(self, p: GenParams) -> Any:
-        lc = self.lc
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        add = lambda s: lc.llama_sampler_chain_add(chain, s)  # noqa: E731
-        if p.json_object or p.json_schema is not None:
-            from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-            g = (LlamaGrammar.from_json_schema(json.dumps(p.json_schema), verbose=False) if p.json_schema is not None
-                 else LlamaGrammar.from_string(JSON_GBNF, verbose=False))
-            add(lc.llama_sampler_init_grammar(self.vocab, g._grammar.encode(), g._root.encode()))
-        if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            add(lc.llama_sampler_init_penalties(self.n_vocab, 64, p.repeat_penalty, p.frequency_penalty,
-                                                p.presence_penalty))
-        if p.temperature <= 0:
-            add(lc.llama_sampler_init_greedy())
-        else:
-            if p.top_k > 0:
-                add(lc.llama_sampler_init_top_k(p.top_k))
-            if p.top_p < 1.0:
-                add(lc.llama_sampler_init_top_p(p.top_p, 1))
-            add(lc.llama_sampler_init_temp(p.temperature))
-            add(lc.llama_sampler_init_dist(p.seed if p.seed is not None else random.getrandbits(32)))
-        return chain
+        return sampler_chain(self.lc, self.vocab, self.n_vocab, p)  # serve/engines/llamacpp_sampling.py
 
     def _piece(self, tok: int) -> bytes:
         b = self._pieces.get(tok)
