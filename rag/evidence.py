@@ -79,6 +79,25 @@ class Evidence:
     primary: bool = False  # carries the kind of fact the question asks for
     span: tuple[int, int] | None = None  # the first and last of the sources' sentences it is made of (counted across all
     # the sources): two pieces of evidence that share one are not quoted together
+    part: bool = False  # the best sentence for one part of a two-part question: quoted whatever its score
+
+
+def _same(a: Evidence, b: Evidence) -> bool:
+    return a.text == b.text and a.source == b.source
+
+
+# where a question's second part begins: ", and how long ...", "... ask? Is there a deadline?"
+_PART = re.compile(r",?\s+and\s+(?=(?:what|which|how|who|whom|when|where|why|is|are|does|do|can|will)\b)|"
+                   r"(?<=\?)\s+(?=[^\s(])", re.I)  # not before "(chief financial officer)" (Retriever.expand)
+PART_MIN_WORDS = 2  # content words a part needs to be searched alone ("when?", "ok" are not parts)
+PART_ANSWERED_SHARE = 0.9  # a part is answered by a chosen sentence scoring this share of the part's best for it
+
+
+def question_parts(question: str) -> list[str]:
+    """The parts of a question that asks two things, each with enough words to be searched alone; one part (the
+    whole question) otherwise."""
+    parts = [p.strip() for p in _PART.split(question) if len(content_words(p) - _QUESTION_WORDS) >= PART_MIN_WORDS]
+    return parts if len(parts) > 1 else [question]
 
 
 _SUPERLATIVE = [  # (what the question says, which values compare, True: the largest wins)
@@ -167,6 +186,9 @@ def _stem(w: str) -> str:
     return w[:5]
 
 
+_QUESTION_WORDS = {_stem(w) for w in "ok okay thanks thank nice right great cool whats tell please hi hello".split()}
+
+
 class EvidenceRanker:
     """Ranks the sentences of a question's sources; sentence embeddings are cached across questions."""
 
@@ -177,7 +199,30 @@ class EvidenceRanker:
 
     def rank(self, question: str, sources: Sequence[Source]) -> list[Evidence]:
         """Sentences of the sources ranked by how well they answer the question (embedding cosine + word overlap +
-        whether they carry what the question asks for + the source's own rank)."""
+        whether they carry what the question asks for + the source's own rank). A question of two parts ("How often
+        are the keys rotated, and what cipher protects data at rest?") also gets each part's best sentence, marked
+        `part`, after the best one (see _with_parts)."""
+        ranked = self._rank(question, sources)
+        parts = question_parts(question)
+        return self._with_parts(ranked, parts, sources) if len(parts) > 1 and ranked else ranked
+
+    def _with_parts(self, ranked: list[Evidence], parts: list[str], sources: Sequence[Source]) -> list[Evidence]:
+        """The best sentence for the whole question, then each part's best sentence unless one already chosen scores
+        nearly as well for that part (the whole question's ranking serves the part it leans to; the other part's answer
+        sat below the runner-up share), then the rest."""
+        chosen = ranked[:1]
+        for part in parts:
+            for_part = self._rank(part, sources)
+            if not for_part:
+                continue
+            best = for_part[0]
+            answered = max((e.score for e in for_part if any(_same(e, c) for c in chosen)), default=0.0)
+            if answered < PART_ANSWERED_SHARE * best.score:
+                best.part = True
+                chosen.append(best)
+        return chosen + [e for e in ranked[1:] if not any(_same(e, c) for c in chosen)]
+
+    def _rank(self, question: str, sources: Sequence[Source]) -> list[Evidence]:
         cands: list[tuple[str, int]] = []
         starts: list[int] = []  # where each candidate's text begins (a sentence leaning back begins before itself)
         heads: dict[int, str] = {}

@@ -201,7 +201,7 @@ class GuardedReply:
             if len(parts) == QUOTE_K:
                 break
             share = RUNNER_UP if e.source == best.source else RUNNER_UP_OTHER
-            if e.score < share * best.score or any(_overlap(e, p) for p in parts):
+            if (e.score < share * best.score and not e.part) or any(_overlap(e, p) for p in parts):
                 continue
             if _ROW.match(e.text) and any(_ROW.match(p.text) for p in parts):
                 continue  # sibling table rows are alternatives, not parts of one answer

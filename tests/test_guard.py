@@ -370,3 +370,20 @@ def test_an_address_written_number_last_is_an_address():
                              "Ahoy! The address is 11 Keppel Bay Quay, #07-03, Singapore.", sources=(lisbon, singapore))
     assert grounding == "extractive" and "Rua da Ribeira Nova 42" in text
     assert asked_kinds("What's your postal address?")[0].search("Write to Byte Harbor Cloud Inc., PO Box 3142.")
+
+
+def test_each_part_of_a_two_part_question_gets_its_answer_quoted():
+    """"How often are the keys rotated, and what cipher protects data at rest?": the whole question's ranking leans to
+    the rotation sentence and the cipher's sat below the runner-up share; each part's best sentence is quoted."""
+    from rag.evidence import question_parts
+
+    security = Source("security.pdf", "Security > Encryption", None, "c14", 0.7, text=(
+        "Security > Encryption\nEach customer account has its own encryption keys, and the keys are rotated every 90 "
+        "days. Rotation of the keys is automatic and needs no downtime for the keys. "
+        "All disks are encrypted at rest with AES-256."))
+    q = "How often are the encryption keys rotated, and what cipher protects data at rest?"
+    assert question_parts(q) == ["How often are the encryption keys rotated", "what cipher protects data at rest?"]
+    assert question_parts("thanks - and who's the CFO? (chief financial officer)") == [
+        "thanks - and who's the CFO? (chief financial officer)"]  # "thanks -" is no part, nor the expansion
+    text, grounding, _ = run(q, "Ahoy! The keys are rotated every 90 days [1].", sources=(security,))
+    assert "90 days" in text and "AES-256" in text
