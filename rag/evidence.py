@@ -23,6 +23,8 @@ from rag.types import Source
 _ROLE = (r"\b(?:electrician|technician|installer|engineer|administrator|admin|owner|manager|contractor|plumber|"
          r"accountant|lawyer|officer|representative|specialist|supervisor|operator|inspector|auditor)s?\b(?!')")
 _NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below|inside)"
+# a person's name as written in a sentence: two capitalised words after a lower-case word or a "Key:" (see _ASKS)
+_PERSON = re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])")
 # the shapes of a way to reach someone: "88 Cable Wharf Road"; the number after the street ("Rua da Ribeira Nova 42",
 # "Hauptstraße 5"); "PO Box 3142" / "+1 902 555 0188", "(902) 555-0188", "555-0142" / "visits@byteharbor.cloud"
 _STREET = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
@@ -46,7 +48,7 @@ _ASKS = [
      # not part of a longer name such as a company's "Byte Harbor Cloud"; not after an article or a preposition of
      # place: "the Harbor Link", "on Hollis Street", "of Byte Harbor" name things and places)
      # or a role ("a certified electrician may install it")
-     re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])|" + _ROLE)),
+     re.compile(_PERSON.pattern + "|" + _ROLE)),
     (re.compile(r"\b((?<!e-mail )(?<!email )address|street|headquarter|headquarters|hq)\b", re.I),
      _STREET),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), _PHONE),
@@ -108,21 +110,24 @@ _SUPERLATIVE = [  # (what the question says, which values compare, True: the lar
 ]
 
 
-# questions that ask for a way to reach someone, and the shape of the answer: when no retrieved source holds that shape,
-# the documents cannot answer ("the Lisbon office's phone number" when only Halifax's is written down). Kept to the
-# unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare public address") ask no number.
+# questions that ask for a way to reach someone or for someone's name, and the shape of the answer: when no retrieved
+# source holds that shape, the documents cannot answer ("the Lisbon office's phone number" when only Halifax's is
+# written down). Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare
+# public address") ask no number, and only "the name of" a role asks for a person's name.
 _CONTACT_ASKS = [
     (re.compile(r"\b(?:phone|telephone|fax) number|\bnumber (?:to|do i|should i|can i) (?:call|dial|ring)|\bdial\b",
                 re.I), _PHONE),
     (re.compile(r"\be-?mail address", re.I), _EMAIL),
     (re.compile(r"\b(?:street|postal|mailing|visiting|office) address|(?<!ip )(?<!public )(?<!floating )"
                 r"\baddress of (?:the|your)\b", re.I), _STREET),
+    (re.compile(rf"\bname of (?:the|your|my|our) (?:[a-z-]+ ){{0,3}}{_ROLE}", re.I), _PERSON),
 ]
 
 
 def missing_contact(question: str, texts: Sequence[str]) -> bool:
-    """True when the question asks for a phone number, an e-mail address or a street address and none of the texts
-    holds one: the score gate lets "What's the phone number of the Lisbon office?" through on the office's page."""
+    """True when the question asks for a phone number, an e-mail address, a street address or the name of someone in a
+    role, and none of the texts holds one: the score gate lets "What's the phone number of the Lisbon office?" through
+    on the office's page."""
     shapes = [has for ask, has in _CONTACT_ASKS if ask.search(question)]
     return bool(shapes) and not any(has.search(t) for has in shapes for t in texts)
 

@@ -197,3 +197,8 @@ def test_a_question_for_a_contact_no_source_writes_is_refused(demo_kb):
     assert not missing_contact("Can I get outage alerts as text messages on my phone?", ["Alerts go out by e-mail."])
     assert not missing_contact("Do I pay for a public address of the server?", ["Floating IPs cost $3."])
     assert missing_contact("What's the email address for billing?", ["Billing questions go to the billing team."])
+    # "the name of" someone in a role asks for a person's name: the support page names the role, not the person
+    assert missing_contact("what's the name of the technical account manager I'd get?",
+                           ["Harbor Priority adds a named technical account manager after six months."])
+    assert not missing_contact("What's the name of your finance officer?", ["Name: Priya Lindgren; Role: CFO"])
+    assert not missing_contact("What's the name of your cheapest plan?", ["Plan: Dinghy; Price per month: $6"])
