@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rag.claims import Context, claims, code_spans, flat_text
+from rag.claims import Context, claims, code_spans, flat_text, question_codes
 from rag.degenerate import MAX_SENTENCE_WORDS, cut_loop, looping, recites_rules, repeats, scaffold_at
 from rag.evidence import Evidence, EvidenceRanker, _stem, asked_kinds, content_words
 from rag.sentences import ROW as _ROW
@@ -49,7 +49,8 @@ class Guard:
                 refusal: str | None = None, quote_refusals: bool = False) -> "GuardedReply":
         return GuardedReply(self.evidence(question, sources), context, marker, refusal,
                             anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
-                            asks=asked_kinds(question), quote_refusals=quote_refusals)
+                            asks=asked_kinds(question), quote_refusals=quote_refusals,
+                            codes=[c for c in question_codes(question) if c in context.flat])
 
 
 @dataclass
@@ -64,6 +65,7 @@ class GuardedReply:
     labels: list[str] = field(default_factory=list)  # the sources' file names: in a reply, the <documents> block leaks
     asks: list[re.Pattern] = field(default_factory=list)  # the kinds of fact the question asks for (_ASKS)
     quote_refusals: bool = False  # the model declining is answered with the quote, not the refusal (see _accept)
+    codes: list[str] = field(default_factory=list)  # codes the question names that the sources hold (flat_text form)
     grounding: str = "generated"
     unsupported: list[str] = field(default_factory=list)
     stopped: bool = False     # the rest of the generation is not wanted: close the engine stream
@@ -75,7 +77,7 @@ class GuardedReply:
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
         return GuardedReply(self.evidence, self.context, self.marker, self.refusal, anchors=self.anchors,
-                            labels=self.labels, asks=self.asks, quote_refusals=self.quote_refusals)
+                            labels=self.labels, asks=self.asks, quote_refusals=self.quote_refusals, codes=self.codes)
 
     @property
     def released(self) -> str:
@@ -148,7 +150,8 @@ class GuardedReply:
             return ""
         if recites_rules(self._strip_marker(sentence)):
             return ""  # the prompt talking, not an answer: the sentences after it are still checked
-        bad = self.context.unsupported(sentence, self.anchors) or self._foreign_words(sentence)
+        bad = (self.context.unsupported(sentence, self.anchors) or self._foreign_words(sentence)
+               or self._code_unsaid(sentence))
         if bad:
             self.unsupported.extend(bad)
             self.grounding = "extractive"
@@ -170,6 +173,16 @@ class GuardedReply:
             self._known = {_stem(w) for w in self.context.words}
         foreign = sorted(words - self._known)
         return [f"~{w}" for w in foreign] if len(foreign) > FOREIGN_SHARE * len(words) else []
+
+    def _code_unsaid(self, sentence: str) -> list[str]:
+        """A question about a code ("What does error BH-3320 mean?") is answered first by a sentence that names it: a
+        small model reading a table of codes describes a neighbouring row ("The bank refused the charge" is BH-3310)
+        in words that hold no figure to check."""
+        if not self.codes or self._sent and any(c in flat_text(x) for x in self._sent for c in self.codes):
+            return []
+        if not content_words(self._strip_marker(sentence)) or any(c in flat_text(sentence) for c in self.codes):
+            return []
+        return [f"~{c}" for c in self.codes]
 
     def _states(self, e: Evidence) -> bool:
         """True when the reply states the evidence sentence: all its figures of the kind the question asks for first

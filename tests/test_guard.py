@@ -387,3 +387,18 @@ def test_each_part_of_a_two_part_question_gets_its_answer_quoted():
         "thanks - and who's the CFO? (chief financial officer)"]  # "thanks -" is no part, nor the expansion
     text, grounding, _ = run(q, "Ahoy! The keys are rotated every 90 days [1].", sources=(security,))
     assert "90 days" in text and "AES-256" in text
+
+
+def test_a_question_about_a_code_is_answered_first_by_a_sentence_naming_it():
+    """"What does error BH-3320 mean?": the model described the neighbouring row ("The bank refused the charge" is
+    BH-3310), a sentence with no figure to check; the first sentence must name the code, else the quote answers."""
+    errors = Source("error-codes.txt", "Errors > Billing", None, "c15", 0.6, text=(
+        "Errors > Billing\nBH-3310  Payment method declined. The bank refused the charge.\n"
+        "BH-3320  Account past due. An invoice is overdue, so creating new resources is blocked until it is paid."))
+    q = "What does error BH-3320 mean?"
+    text, grounding, bad = run(q, "Ahoy! The bank refused the charge [1].", sources=(errors,))
+    assert grounding == "extractive" and "bank refused" not in text.split("BH-3320")[0] and "Account past due" in text
+    assert bad == ["~bh-3320"]
+    text, grounding, _ = run(q, "Ahoy! BH-3320 means your account is past due. New resources are blocked [1].",
+                             sources=(errors,))
+    assert text.startswith("Ahoy! BH-3320 means your account is past due. New resources are blocked [1].")
