@@ -143,7 +143,7 @@ class Context:
                         self.word_statements[w] = self.word_statements.get(w, 0) + 1
                 prev = words
         self.body_words = set(re.findall(r"[a-z0-9]+", body.lower()))
-        self.flat = re.sub(r"\s+", "", body.lower())
+        self.flat = flat_text(body)
         # names may also come from the persona and the question (the user's own words introduce no fact)
         self.words = set(re.findall(r"[a-z0-9]+", (body + "\n" + names_only).lower()))
 

@@ -33,6 +33,7 @@ _STREET = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
                      r"\d+\b|\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b|\bP\.?\s?O\.? Box \d+")
 _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\b\d{3}[ .-]\d{4}\b")  # not "1200-371"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.\w+")
+_ASKS_EMAIL = re.compile(r"\be-?mail address", re.I)  # what asks for one (a "verification email" does not)
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
     # a share: "how much do I save", "how much do backups cost compared to the server?"
@@ -42,7 +43,7 @@ _ASKS = [
     (re.compile(r"\b(how much(?! (?:notice|time|warning|longer|memory|ram|disk|space|storage|data|traffic))|costs?|"
                 r"pric(?:e|es|ed|ing)|pay|paid|fees?|(?<!in )charge[sd]?|cheap\w*|expensive|raised?)\b|\$", re.I),
      re.compile(r"[$€£]\s?\d|\b(?:usd|eur|cad|gbp|aud)\s?\d|\d\s?(usd|eur|cad|gbp|aud)\b|\bfree\b", re.I)),
-    (re.compile(r"\be-?mail address", re.I), _EMAIL),
+    (_ASKS_EMAIL, _EMAIL),
     (re.compile(r"\b(who|whom|whose|founders?|founded by|ceo|cto|head of|in charge)\b", re.I),
      # a person's name: two capitalised words after a lower-case word or a "Key:" (not a sentence's first words,
      # not part of a longer name such as a company's "Byte Harbor Cloud"; not after an article or a preposition of
@@ -117,7 +118,7 @@ _SUPERLATIVE = [  # (what the question says, which values compare, True: the lar
 _CONTACT_ASKS = [
     (re.compile(r"\b(?:phone|telephone|fax) number|\bnumber (?:to|do i|should i|can i) (?:call|dial|ring)|\bdial\b",
                 re.I), _PHONE),
-    (re.compile(r"\be-?mail address", re.I), _EMAIL),
+    (_ASKS_EMAIL, _EMAIL),
     (re.compile(r"\b(?:street|postal|mailing|visiting|office) address|(?<!ip )(?<!public )(?<!floating )"
                 r"\baddress of (?:the|your)\b", re.I), _STREET),
     (re.compile(rf"\bname of (?:the|your|my|our) (?:[a-z-]+ ){{0,3}}{_ROLE}", re.I), _PERSON),

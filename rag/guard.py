@@ -191,8 +191,10 @@ class GuardedReply:
         writes any. A small model that reads the right document often states a neighbouring fact of it: a fact found
         elsewhere in the sources does not stand in for the best-matching one."""
         spans = code_spans(e.text)  # "Flag: `--debug`; Meaning: Print each HTTP request": the flag is the answer
-        if spans and not any(x in flat_text(self.released) for x in spans):
-            return False
+        if spans:
+            released = flat_text(self.released)
+            if not any(x in released for x in spans):
+                return False
         said = claims(self.released)
         facts = claims(e.text)
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words
