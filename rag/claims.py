@@ -14,6 +14,7 @@ _LIST_NUMBER = re.compile(r"(?m)^\s*\d+[.)]\s+")
 _TOKEN = re.compile(r"[$€£]?[A-Za-z0-9][A-Za-z0-9.,:/_%+\-]*")
 _NUMBER = re.compile(r"^[$€£]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$|^[$€£]?\d+(?:\.\d+)?%?$")
 _MONEY_AFTER = re.compile(r"\s?(usd|eur|gbp|dollars?|euros?)\b", re.I)
+ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*|[\"'(*\-]\s*)$")
 # Capitalised words that name nothing (sentence openers after a comma, interjections, the pronoun I, weekdays and
 # months are still checked since they carry dates).
@@ -126,26 +127,33 @@ class Context:
         self.numbers = c.numbers
         self.amounts = c.amounts
         # (facts, words) per statement: a fact said of something must be said of it somewhere. A statement's words
-        # include its chunk's heading and the statement before it ("Frankfurt ... It opened in 2019.").
+        # include its chunk's heading and the statement before it ("Frankfurt ... It opened in 2019."), unless both
+        # are table rows: sibling rows are alternatives, and the Schooner's "$32" is not said of the Sloop above it.
         self.statements: list[tuple[set[str], set[str]]] = []
         self.word_statements: dict[str, int] = {}
+        self.named: list[set[str]] = []  # the words of each statement that names something (same rule)
         for chunk in texts:
-            heading, prev = None, set()
+            heading, prev, prev_row = None, set(), False
             for part in re.split(r"\n|(?<=[.!?])\s+", chunk):
                 words = set(re.findall(r"[a-z0-9]+", part.lower()))
                 if heading is None:
                     heading = words
+                row = bool(ROW.match(part.strip()))
                 pc = claims(part)
                 facts = pc.numbers | pc.codes | {"$" + a for a in pc.amounts}
+                about = words | (set() if row and prev_row else prev) | heading
                 if facts:
-                    self.statements.append((facts, words | prev | heading))
+                    self.statements.append((facts, about))
                     for w in words:
                         self.word_statements[w] = self.word_statements.get(w, 0) + 1
-                prev = words
+                if pc.names:
+                    self.named.append(about)
+                prev, prev_row = words, row
         self.body_words = set(re.findall(r"[a-z0-9]+", body.lower()))
         self.flat = flat_text(body)
         # names may also come from the persona and the question (the user's own words introduce no fact)
-        self.words = set(re.findall(r"[a-z0-9]+", (body + "\n" + names_only).lower()))
+        self.free = set(re.findall(r"[a-z0-9]+", names_only.lower()))
+        self.words = self.body_words | self.free
 
     def supports_number(self, n: str) -> bool:
         return n in self.numbers
@@ -194,4 +202,14 @@ class Context:
         for fact in sorted(c.numbers | c.codes | {"$" + a for a in c.amounts}):
             if not any(fact in facts and about & words for facts, words in self.statements):
                 bad.append(f"{fact}@{'+'.join(sorted(about))}")
+        if anchors:  # names too: "Toronto's partner is Bedford Basin Data Park" (Halifax's partner, in the next row)
+            bad += [f"{n}@{'+'.join(sorted(anchors))}" for n in sorted(self.distinctive(c.names))
+                    if not any(n in words and anchors & words for words in self.named)]
         return bad
+
+    def distinctive(self, names: set[str]) -> set[str]:
+        """The names of the documents that say which thing a sentence is about: not the persona's or the user's own
+        words, not those in a third or more of the naming statements ("Byte Harbor")."""
+        most = max(1, len(self.named) // 3)
+        return {n for n in names - self.free if n in self.body_words
+                and sum(n in words for words in self.named) <= most}

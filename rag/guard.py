@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rag.claims import Context, claims, code_spans, flat_text, question_codes
+from rag.claims import Claims, Context, claims, code_spans, flat_text, question_codes
 from rag.degenerate import MAX_SENTENCE_WORDS, cut_loop, looping, recites_rules, repeats, scaffold_at
 from rag.evidence import Evidence, EvidenceRanker, _stem, asked_kinds, content_words
 from rag.sentences import ROW as _ROW
@@ -73,6 +73,7 @@ class GuardedReply:
     _sent: list[str] = field(default_factory=list)
     _closed: bool = False     # a sentence was refused: nothing after it is sent
     _known: set[str] | None = None  # the stems of the context's and the question's words (_foreign_words)
+    _evidence_claims: "Claims | None" = None  # the claims of the evidence sentences (_off_evidence)
 
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
@@ -150,8 +151,8 @@ class GuardedReply:
             return ""
         if recites_rules(self._strip_marker(sentence)):
             return ""  # the prompt talking, not an answer: the sentences after it are still checked
-        bad = (self.context.unsupported(sentence, self.anchors) or self._foreign_words(sentence)
-               or self._code_unsaid(sentence))
+        bad = (self.context.unsupported(sentence, self.anchors) or self._off_evidence(sentence)
+               or self._foreign_words(sentence) or self._code_unsaid(sentence))
         if bad:
             self.unsupported.extend(bad)
             self.grounding = "extractive"
@@ -161,6 +162,20 @@ class GuardedReply:
             sentence = f"{self.marker} {sentence.lstrip()}"
         self._sent.append(sentence)
         return sentence
+
+    def _off_evidence(self, sentence: str) -> list[str]:
+        """The figures and the documents' own names a sentence states that none of the best-matching sentences holds:
+        a small model reading a table or a list states the neighbouring row's value ("the Sloop is $32", the Schooner's
+        price; "the German region's partner is Jurong Edge", Singapore's), each figure found somewhere in the context.
+        What answers the question is in the evidence; a fact from elsewhere is a fact about something else."""
+        if not self.evidence:
+            return []
+        if self._evidence_claims is None:
+            self._evidence_claims = claims(" ".join(e.text for e in self.evidence))
+        c, held = claims(self._strip_marker(sentence)), self._evidence_claims
+        bad = sorted((c.numbers - held.numbers) | (c.codes - held.codes))
+        bad += sorted(n for n in self.context.distinctive(c.names) if n not in held.names)
+        return [f"{x}~evidence" for x in bad]
 
     def _foreign_words(self, sentence: str) -> list[str]:
         """The content words of a sentence that says mostly what neither the context nor the question holds ("The

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import re
 
-from rag.claims import WORD
+from rag.claims import ROW, WORD  # noqa: F401  (ROW re-exported: a table row is decided in rag/claims.py)
 
 # what a line is about, carried onto its later sentences: a code ("BH-1002  Token expired. The token ...") or a
 # short "Key:" lead ("Floating IPs: free while attached. ...")
 _LABEL = re.compile(r"^((?:[A-Z][A-Za-z]*-?\d+[A-Za-z0-9.-]*)\s|[^.:;!?]{2,40}:\s)")
-ROW = re.compile(r"^[^:;]{1,40}: [^;]+(?:; [^:;]{1,40}: [^;]+)+$")  # a table row as "Key: value; Key: value"
 
 
 def split_sentences(text: str) -> list[str]:

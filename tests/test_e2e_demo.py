@@ -109,9 +109,13 @@ def test_served_demo_cites_its_source_and_refuses_off_topic(built):
         log.close()
 
 
-def test_ask_prints_the_right_price(built):
+@pytest.mark.parametrize("question", ["How much does the Sloop server cost each month?", "How much is the Sloop plan?"])
+def test_ask_prints_the_right_price(built, question):
+    """The Sloop's price and no other plan's (the trained demo once opened with "The Sloop plan is $32 per month",
+    the Schooner's price, before quoting $14)."""
     _, env = built
-    r = protege("ask", str(CONFIG), "How much does the Sloop server cost each month?", "--json", env=env, timeout=300)
+    r = protege("ask", str(CONFIG), question, "--json", env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ans = json.loads(r.stdout)
     assert "$14" in ans["answer"] and ans["sources"][0]["path"] == "pricing-plans.md" and not ans["refused"]
+    assert not any(wrong in ans["answer"] for wrong in ("$6 ", "$32", "$88", "$0.048"))

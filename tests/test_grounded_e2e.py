@@ -81,10 +81,12 @@ def test_document_text_cannot_become_special_tokens():
         asyncio.run(engine.close())
 
 
-def test_ask_states_the_documents_price(home):
+@pytest.mark.parametrize("question", ["How much does the Sloop server cost each month?", "How much is the Sloop plan?"])
+def test_ask_states_the_documents_price(home, question):
+    """No other plan's price beside the Sloop's: every plan's price is in the retrieved table, so only binding a figure
+    to its row (and to the sentences that answer) keeps "The Sloop plan is $32" out."""
     env = {**os.environ, "PROTEGE_HOME": str(home)}
-    out = subprocess.run([sys.executable, "-m", "protege", "ask", str(home / "byte-kb.yaml"),
-                          "How much does the Sloop server cost each month?", "--json"],
+    out = subprocess.run([sys.executable, "-m", "protege", "ask", str(home / "byte-kb.yaml"), question, "--json"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     ans = json.loads(out.stdout)
