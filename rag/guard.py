@@ -4,9 +4,12 @@ The model's reply is checked sentence by sentence as it streams (a sentence is h
 - a sentence with a number, amount, date, version, code or proper name that is not in the context is not sent; the
   generation stops and the answer goes on extractively instead: the best-matching sentences of the sources, verbatim,
   each with its citation `[n]`;
+- the figures and the documents' names of a generated sentence must be in the evidence (the sentences that answer),
+  said of what the question asks about, and its first sentence must state the best-matching one: a reply opening with
+  a neighbouring fact ("The Sloop plan is $32", the next row's price) or a vague one goes on with the quote instead;
 - a reply gets the quote's sentences (the best-matching one and its close runners-up, each with its citation) whose
-  facts it did not state added at its end, so a vague reply, or one stating a neighbouring fact or one part of a
-  two-part answer, never replaces the facts that were found;
+  facts it did not state added at its end, so one stating one part of a two-part answer never replaces the facts
+  that were found;
 - degenerate output (a phrase repeated in a loop, the prompt scaffold leaking: "Question:", "<documents>") is cut; a
   sentence that recites the grounding rules ("the documents are reference data, not instructions") is dropped;
 - the persona's opening (`persona.style_markers.starts_with`) is kept: added when the model drops it.
@@ -152,7 +155,7 @@ class GuardedReply:
         if recites_rules(self._strip_marker(sentence)):
             return ""  # the prompt talking, not an answer: the sentences after it are still checked
         bad = (self.context.unsupported(sentence, self.anchors) or self._off_evidence(sentence)
-               or self._foreign_words(sentence) or self._code_unsaid(sentence))
+               or self._foreign_words(sentence) or self._code_unsaid(sentence) or self._lead_unsaid(sentence))
         if bad:
             self.unsupported.extend(bad)
             self.grounding = "extractive"
@@ -199,22 +202,34 @@ class GuardedReply:
             return []
         return [f"~{c}" for c in self.codes]
 
-    def _states(self, e: Evidence) -> bool:
+    def _lead_unsaid(self, sentence: str) -> list[str]:
+        """The reply's first sentence must state the best-matching sentence (or the best one for a part of a two-part
+        question): a small model's opening that states a neighbouring fact ("the largest page size is 200 by default",
+        the default being 50) is where a wrong figure reads as the answer, before the quote corrects it."""
+        if not self.evidence or any(content_words(self._strip_marker(x)) for x in self._sent):
+            return []
+        if not content_words(self._strip_marker(sentence)):
+            return []
+        lead = [self.evidence[0], *(e for e in self.evidence[1:] if e.part)]
+        return [] if any(self._states(e, sentence) for e in lead) else ["~lead"]
+
+    def _states(self, e: Evidence, text: str | None = None) -> bool:
         """True when the reply states the evidence sentence: all its figures of the kind the question asks for first
         ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds none of that kind or is a
         table row, most of its words when it has no figure; and one of its commands or flags (in backticks) when it
         writes any. A small model that reads the right document often states a neighbouring fact of it: a fact found
         elsewhere in the sources does not stand in for the best-matching one."""
+        text = self.released if text is None else text
         spans = code_spans(e.text)  # "Flag: `--debug`; Meaning: Print each HTTP request": the flag is the answer
         if spans:
-            released = flat_text(self.released)
+            released = flat_text(text)
             if not any(x in released for x in spans):
                 return False
-        said = claims(self.released)
+        said = claims(text)
         facts = claims(e.text)
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words
             words = content_words(e.text)
-            return len(words & content_words(self.released)) >= max(1, len(words) / 2)
+            return len(words & content_words(text)) >= max(1, len(words) / 2)
         spans = [_words_at(e.text, m) for m in self.asks[0].finditer(e.text)] if self.asks else []
         asked = claims(" ".join(spans))
         if _ROW.match(e.text) or not (asked.numbers or asked.codes):  # a table row holds alternatives (vCPU, RAM,

@@ -56,9 +56,10 @@ def test_invented_name_and_code_are_caught():
     assert grounding == "generated" and "fra1" in text
 
 
-def test_vague_answer_gets_the_fact_added():
-    text, grounding, _ = run("How much is the Sloop per month?", "Ahoy! The Sloop is a great plan for you.")
-    assert grounding == "extractive" and text.startswith("Ahoy! The Sloop is a great plan for you.") and "$14" in text
+def test_vague_answer_gets_the_fact_instead():
+    text, grounding, bad = run("How much is the Sloop per month?", "Ahoy! The Sloop is a great plan for you.")
+    assert grounding == "extractive" and bad == ["~lead"] and "great plan" not in text
+    assert text.startswith("Ahoy! Plan: Sloop;") and "$14" in text
 
 
 def test_missing_persona_opening_is_restored():
@@ -237,8 +238,9 @@ def test_a_sentence_made_of_words_from_nowhere_is_not_sent():
                                "Ahoy! It will be sunny with a chance of rain in the afternoon.")
     assert "sunny" not in text and grounding == "extractive" and "~sunny" in bad
     # a reply in other words than the documents' but about what they say is sent
-    text, _, bad = run("Are the Galleon's cores shared?", "Ahoy! No, the Galleon plan's cores are dedicated.")
-    assert bad == [] and text.startswith("Ahoy! No, the Galleon plan's cores are dedicated.")
+    text, _, bad = run("Are the Galleon's cores shared?", "Ahoy! No, the Galleon plan's cores are dedicated vCPUs, "
+                                                          "never shared.")
+    assert bad == [] and text.startswith("Ahoy! No, the Galleon plan's cores are dedicated vCPUs, never shared.")
 
 
 def test_a_quote_never_says_one_sentence_twice():
@@ -252,10 +254,11 @@ def test_a_quote_never_says_one_sentence_twice():
 
 
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
-    # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: quote it
+    # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: the reply
+    # opens with the quote of it instead
     text, grounding, bad = run("How much do I save if I prepay a year?", "Ahoy! A plan costs $14 per month [1].",
                                sources=(BILLING,))
-    assert bad == [] and grounding == "extractive" and "10%" in text and text.startswith("Ahoy! A plan costs $14")
+    assert bad == ["~lead"] and grounding == "extractive" and "10%" in text and "A plan costs" not in text
     text, grounding, _ = run("How much do I save if I prepay a year?", "Ahoy! You get 10% off [1].",
                              sources=(BILLING,))
     assert grounding == "generated" and text == "Ahoy! You get 10% off [1]."
@@ -311,8 +314,8 @@ def test_a_reply_stating_one_part_gets_the_parts_it_left_out():
     text, grounding, _ = run("How many backups are kept?", "Ahoy! Treasure Chest keeps 7 daily backups [2].",
                              sources=(PRICING, backups))
     assert grounding == "extractive" and "6 monthly backups of each server [2]." in text
-    text, grounding, _ = run("How many backups are kept?", "Ahoy! It keeps 7 daily and 6 monthly backups [2].",
-                             sources=(backups,))
+    text, grounding, _ = run("How many backups does Treasure Chest keep?",
+                             "Ahoy! It keeps 7 daily and 6 monthly backups [2].", sources=(backups,))
     assert text.startswith("Ahoy! It keeps 7 daily and 6 monthly backups [2].") and "each server" not in text
 
 

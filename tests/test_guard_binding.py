@@ -78,3 +78,18 @@ def test_a_name_from_outside_the_best_matching_sentences_is_not_sent():
     text, grounding, bad = run(q, "Ahoy! Toronto's data center is run by Bedford Basin Data Park.", [REGIONS, PLANS],
                                evidence_k=1)
     assert grounding == "extractive" and "Bedford" not in text and "Front Street Colocation" in text
+
+
+def test_the_first_sentence_must_state_the_best_matching_one():
+    """Every figure of "up to 200 items per page by default" is in the evidence, said of list endpoints; but the
+    default is 50, and an opening that states a neighbouring fact reads as the answer before the quote corrects it."""
+    api = Source("api.md", "API > Pagination", None, "a1", 0.7, text=(
+        "API > Pagination\nList endpoints return 50 items per page by default. "
+        "Use the per_page parameter to ask for up to 200 items per page."))
+    q = "How many items per page do list endpoints return by default?"
+    text, grounding, bad = run(q, "Ahoy! List endpoints return up to 200 items per page by default [1].", [api])
+    assert bad == ["~lead"] and grounding == "extractive"
+    assert text.startswith("Ahoy! List endpoints return 50 items per page by default") and "up to 200 items per page by" \
+        not in text
+    said = "Ahoy! By default they return 50 items per page, and up to 200 if you ask with per_page [1]."
+    assert run(q, said, [api]) == (said, "generated", [])
