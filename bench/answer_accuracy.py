@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-KEYS = ("answer_accuracy", "source_hit@3", "in_domain_answered", "guard_fired", "refusal_recall", "refusal_precision",
+KEYS = ("answer_accuracy", "first_sentence_accuracy", "source_hit@3", "in_domain_answered", "guard_fired", "refusal_recall", "refusal_precision",
         "seconds")
 
 

@@ -201,6 +201,7 @@ class AnswersResult(StageResult):
 
     questions: int | None = None
     answer_accuracy: float | None = None
+    first_sentence_accuracy: float | None = None  # the fact is in the reply's opening sentence
     source_hit_at_3: float | None = None
     guard_fired: float | None = None  # share of answers the faithfulness guard replaced
     refusal_recall: float | None = None  # out-of-domain questions refused
@@ -209,12 +210,14 @@ class AnswersResult(StageResult):
 
     @classmethod
     def _fields(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        return {**_pick(raw, _num, "answer_accuracy", "guard_fired", "refusal_recall", "refusal_precision"),
+        return {**_pick(raw, _num, "answer_accuracy", "first_sentence_accuracy", "guard_fired", "refusal_recall",
+                        "refusal_precision"),
                 "source_hit_at_3": _num(raw.get("source_hit@3")), "questions": _int(raw.get("questions")),
                 "report": _str(raw.get("report"))}
 
     def headline(self) -> Headline:
-        return _present({"accuracy": self.answer_accuracy, "source@3": self.source_hit_at_3,
+        return _present({"accuracy": self.answer_accuracy, "first sentence": self.first_sentence_accuracy,
+                         "source@3": self.source_hit_at_3,
                          "guard": self.guard_fired, "refused ood": self.refusal_recall})
 
 

@@ -8,6 +8,7 @@ that the threshold sits as far as possible from both populations."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from protege.errors import DataError
@@ -53,7 +54,9 @@ def same_source(found: str, expected: str) -> bool:
 
 def answer_metrics(rows: list[dict], answers: list) -> dict:
     """End-to-end answer quality with the LLM in the loop: accuracy on in-domain rows that carry `answer_contains`
-    (every string present, case-insensitive), how often the guard quoted a source instead of the model's words,
+    (every string present, case-insensitive), and of the reply's first sentence (a reply that opens with a wrong
+    figure and quotes the right one later still holds the fact; what a reader takes for the answer is the opening), how
+    often the guard quoted a source instead of the model's words,
     refusal precision/recall (a refusal is the gate's, never the model's own words), source hit@3 of the answers."""
     ind = [(r, a) for r, a in zip(rows, answers) if r["source"]]
     ood = [(r, a) for r, a in zip(rows, answers) if not r["source"]]
@@ -63,6 +66,8 @@ def answer_metrics(rows: list[dict], answers: list) -> dict:
     m: dict = {"questions": len(rows), "in_domain": len(ind), "out_of_domain": len(ood), "graded": len(graded)}
     if graded:
         m["answer_accuracy"] = round(sum(answer_holds(a.text, r["answer_contains"]) for r, a in graded) / len(graded), 4)
+        m["first_sentence_accuracy"] = round(sum(answer_holds(first_sentence(a.text), r["answer_contains"])
+                                                 for r, a in graded) / len(graded), 4)
     if ind:
         m["source_hit@3"] = round(sum(any(same_source(s.path, r["source"]) for s in a.sources[:3])
                                       for r, a in ind) / len(ind), 4)
@@ -73,6 +78,11 @@ def answer_metrics(rows: list[dict], answers: list) -> dict:
         m["refusal_recall"] = round(sum(a.refused for _, a in ood) / len(ood), 4)
     m["refusal_precision"] = round(sum(1 for r, _ in refused if not r["source"]) / len(refused), 4) if refused else None
     return m
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a reply with three words or more (the persona's "Ahoy!" alone is not the answer)."""
+    return next((s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if len(re.findall(r"\w+", s)) >= 3), text)
 
 
 def answer_holds(text: str, contains: list[str]) -> bool:
