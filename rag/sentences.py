@@ -20,7 +20,7 @@ def split_sentences(text: str) -> list[str]:
     of a paragraph are joined first (plain text and PDFs wrap sentences across lines)."""
     out = []
     for line in _logical_lines(text):
-        line = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", line)
+        line = _BULLET.sub("", line)
         line = line.replace("**", "").replace("__", "").strip()
         if not line or set(line) <= set("|-: "):
             continue
@@ -34,13 +34,25 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
+_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
 def _logical_lines(text: str) -> list[str]:
     lines: list[str] = []
     glue = False  # the previous line is prose that may go on
+    indent = None  # the previous line's indentation; None after a blank line
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
-            glue = False
+            glue, indent = False, None
+            continue
+        deeper = indent is not None and len(raw) - len(raw.lstrip()) > indent
+        indent = len(raw) - len(raw.lstrip())
+        if deeper and lines and not lines[-1].endswith(":") and "|" not in line and not ROW.match(line):
+            # a line indented under the one before is part of it ("S1 - Critical: production is down." over
+            # "    First response: 2 hours."), unless that one introduces a list ("Limits:")
+            lines[-1] = f"{lines[-1]} {_BULLET.sub('', line)}"
+            glue = not re.search(r"[.!?:]$", line)
             continue
         structured = (bool(re.match(r"(?:[-*+|#]|\d+[.)])\s*", line)) or line.endswith(":") or "|" in line
                       or bool(ROW.match(line)))

@@ -93,3 +93,25 @@ def test_the_first_sentence_must_state_the_best_matching_one():
         not in text
     said = "Ahoy! By default they return 50 items per page, and up to 200 if you ask with per_page [1]."
     assert run(q, said, [api]) == (said, "generated", [])
+
+
+def test_an_indented_line_belongs_to_the_line_above_it():
+    """Plain text indents a sub-line under its item: "First response: 2 hours" is S1's, not the start of what follows
+    (the quote for "production is down" had joined S1's short response line to S2's line, then answered with S4's)."""
+    from rag.sentences import split_sentences
+
+    text = ("Severity levels:\n"
+            "  S1 - Critical: production is down.\n"
+            "       First response: 2 hours (standard).\n"
+            "  S4 - Low: feature requests.\n"
+            "       First response: 2 business days.\n")
+    assert split_sentences(text) == ["S1 - Critical: production is down.",
+                                     "S1 First response: 2 hours (standard).", "S4 - Low: feature requests.",
+                                     "S4 First response: 2 business days."]
+    levels = Source("support.txt", "Support > Severity", None, "s1", 0.7, text=f"Support > Severity\n{text}")
+    g = Guard(embed=None).session("Production is down: how fast is the first response?", [levels],
+                                  context("", levels), "Ahoy!", REFUSAL)
+    assert "2 hours" in g.evidence[0].text and "business days" not in g.evidence[0].text
+    # a list's items stay apart under the line that introduces it, as do lines after a blank one
+    assert split_sentences("Limits per account:\n  - at most 10 servers\n  - at most 5 floating IPs") == [
+        "Limits per account:", "at most 10 servers", "at most 5 floating IPs"]
