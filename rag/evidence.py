@@ -22,8 +22,9 @@ from rag.types import Source
 # "department", which most sentences of a company's documents mention; not a possessive: "the installer's number")
 _ROLE = (r"\b(?:electrician|technician|installer|engineer|administrator|admin|owner|manager|contractor|plumber|"
          r"accountant|lawyer|officer|representative|specialist|supervisor|operator|inspector|auditor)s?\b(?!')")
-_NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below|inside)"
-# a person's name as written in a sentence: two capitalised words after a lower-case word or a "Key:" (see _ASKS)
+_NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below|inside|its|their|our|your|my)"
+# a person's name as written in a sentence: two capitalised words after a lower-case word or a "Key:" (see _ASKS); not
+# after an article, a preposition of place or a possessive ("its Clear Waters pledge" names a thing)
 _PERSON = re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])")
 # the shapes of a way to reach someone: "88 Cable Wharf Road"; the number after the street ("Rua da Ribeira Nova 42",
 # "Hauptstraße 5"); "PO Box 3142" / "+1 902 555 0188", "(902) 555-0188", "555-0142" / "visits@byteharbor.cloud"
