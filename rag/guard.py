@@ -76,7 +76,7 @@ class GuardedReply:
     _sent: list[str] = field(default_factory=list)
     _closed: bool = False     # a sentence was refused: nothing after it is sent
     _known: set[str] | None = None  # the stems of the context's and the question's words (_foreign_words)
-    _evidence_claims: "Claims | None" = None  # the claims of the evidence sentences (_off_evidence)
+    _evidence_claims: Claims | None = None  # the claims of the evidence sentences (_off_evidence)
 
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
@@ -214,16 +214,16 @@ class GuardedReply:
         return [] if any(self._states(e, sentence) for e in lead) else ["~lead"]
 
     def _states(self, e: Evidence, text: str | None = None) -> bool:
-        """True when the reply states the evidence sentence: all its figures of the kind the question asks for first
-        ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds none of that kind or is a
-        table row, most of its words when it has no figure; and one of its commands or flags (in backticks) when it
-        writes any. A small model that reads the right document often states a neighbouring fact of it: a fact found
+        """True when `text` (by default the reply sent so far) states the evidence sentence: all its figures of the kind
+        the question asks for first ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds
+        none of that kind or is a table row, most of its words when it has no figure; and one of its commands or flags
+        (in backticks) when it writes any. A small model that reads the right document often states a neighbouring fact of it: a fact found
         elsewhere in the sources does not stand in for the best-matching one."""
         text = self.released if text is None else text
         spans = code_spans(e.text)  # "Flag: `--debug`; Meaning: Print each HTTP request": the flag is the answer
         if spans:
-            released = flat_text(text)
-            if not any(x in released for x in spans):
+            flat = flat_text(text)
+            if not any(x in flat for x in spans):
                 return False
         said = claims(text)
         facts = claims(e.text)
