@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-KEYS = ("answer_accuracy", "first_sentence_accuracy", "source_hit@3", "in_domain_answered", "guard_fired", "refusal_recall", "refusal_precision",
-        "seconds")
+KEYS = ("answer_accuracy", "first_sentence_accuracy", "source_hit@3", "in_domain_answered", "guard_fired",
+        "refusal_recall", "refusal_precision", "seconds")
 
 
 def main() -> None:

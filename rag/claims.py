@@ -6,6 +6,7 @@ catches it. Pure text functions, no model: fast enough to run on every sentence 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
@@ -132,6 +133,7 @@ class Context:
         self.statements: list[tuple[set[str], set[str]]] = []
         self.word_statements: dict[str, int] = {}
         self.named: list[set[str]] = []  # the words of each statement that names something (same rule)
+        self.named_counts: Counter[str] = Counter()  # in how many of those each word is (distinctive())
         for chunk in texts:
             heading, prev, prev_row = None, set(), False
             for part in re.split(r"\n|(?<=[.!?])\s+", chunk):
@@ -148,6 +150,7 @@ class Context:
                         self.word_statements[w] = self.word_statements.get(w, 0) + 1
                 if pc.names:
                     self.named.append(about)
+                    self.named_counts.update(about)
                 prev, prev_row = words, row
         self.body_words = set(re.findall(r"[a-z0-9]+", body.lower()))
         self.flat = flat_text(body)
@@ -211,5 +214,4 @@ class Context:
         """The names of the documents that say which thing a sentence is about: not the persona's or the user's own
         words, not those in a third or more of the naming statements ("Byte Harbor")."""
         most = max(1, len(self.named) // 3)
-        return {n for n in names - self.free if n in self.body_words
-                and sum(n in words for words in self.named) <= most}
+        return {n for n in names - self.free if n in self.body_words and self.named_counts[n] <= most}

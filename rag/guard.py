@@ -196,9 +196,7 @@ class GuardedReply:
         """A question about a code ("What does error BH-3320 mean?") is answered first by a sentence that names it: a
         small model reading a table of codes describes a neighbouring row ("The bank refused the charge" is BH-3310)
         in words that hold no figure to check."""
-        if not self.codes or self._sent and any(c in flat_text(x) for x in self._sent for c in self.codes):
-            return []
-        if not content_words(self._strip_marker(sentence)) or any(c in flat_text(sentence) for c in self.codes):
+        if not self.codes or not self._opening(sentence) or any(c in flat_text(sentence) for c in self.codes):
             return []
         return [f"~{c}" for c in self.codes]
 
@@ -206,19 +204,23 @@ class GuardedReply:
         """The reply's first sentence must state the best-matching sentence (or the best one for a part of a two-part
         question): a small model's opening that states a neighbouring fact ("the largest page size is 200 by default",
         the default being 50) is where a wrong figure reads as the answer, before the quote corrects it."""
-        if not self.evidence or any(content_words(self._strip_marker(x)) for x in self._sent):
-            return []
-        if not content_words(self._strip_marker(sentence)):
+        if not self.evidence or not self._opening(sentence):
             return []
         lead = [self.evidence[0], *(e for e in self.evidence[1:] if e.part)]
         return [] if any(self._states(e, sentence) for e in lead) else ["~lead"]
+
+    def _opening(self, sentence: str) -> bool:
+        """Whether `sentence` is the reply's first with words of its own (the persona's "Ahoy!" alone has none): a
+        sentence failing a check closes the reply, so what the opening rules let through is the opening."""
+        return (bool(content_words(self._strip_marker(sentence)))
+                and not any(content_words(self._strip_marker(x)) for x in self._sent))
 
     def _states(self, e: Evidence, text: str | None = None) -> bool:
         """True when `text` (by default the reply sent so far) states the evidence sentence: all its figures of the kind
         the question asks for first ("7 daily and 6 monthly backups" for "how many"), one of its figures when it holds
         none of that kind or is a table row, most of its words when it has no figure; and one of its commands or flags
-        (in backticks) when it writes any. A small model that reads the right document often states a neighbouring fact of it: a fact found
-        elsewhere in the sources does not stand in for the best-matching one."""
+        (in backticks) when it writes any. A small model that reads the right document often states a neighbouring
+        fact of it: a fact found elsewhere in the sources does not stand in for the best-matching one."""
         text = self.released if text is None else text
         spans = code_spans(e.text)  # "Flag: `--debug`; Meaning: Print each HTTP request": the flag is the answer
         if spans:

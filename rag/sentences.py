@@ -12,6 +12,7 @@ from rag.claims import ROW, WORD  # noqa: F401  (ROW re-exported: a table row is
 
 # what a line is about, carried onto its later sentences: a code ("BH-1002  Token expired. The token ...") or a
 # short "Key:" lead ("Floating IPs: free while attached. ...")
+_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")  # a list item's marker
 _LABEL = re.compile(r"^((?:[A-Z][A-Za-z]*-?\d+[A-Za-z0-9.-]*)\s|[^.:;!?]{2,40}:\s)")
 
 
@@ -34,9 +35,6 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
-
-
 def _logical_lines(text: str) -> list[str]:
     lines: list[str] = []
     glue = False  # the previous line is prose that may go on
@@ -46,8 +44,8 @@ def _logical_lines(text: str) -> list[str]:
         if not line:
             glue, indent = False, None
             continue
-        deeper = indent is not None and len(raw) - len(raw.lstrip()) > indent
-        indent = len(raw) - len(raw.lstrip())
+        depth = len(raw) - len(raw.lstrip())
+        deeper, indent = indent is not None and depth > indent, depth
         if deeper and lines and not lines[-1].endswith(":") and "|" not in line and not ROW.match(line):
             # a line indented under the one before is part of it ("S1 - Critical: production is down." over
             # "    First response: 2 hours."), unless that one introduces a list ("Limits:")
