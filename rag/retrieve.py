@@ -123,10 +123,12 @@ class Retriever:
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question (capitalised words past the first, acronyms, codes like t3.micro) of which no
-        token occurs in the documents, even as a prefix ("IP" matches "ip55"); pure numbers are not names."""
+        token occurs in the documents, even as a prefix ("IP" matches "ip55"); pure numbers are not names. Only the
+        sentences that ask are read (asking_part): the customer's own context names nothing to look up."""
         bm25 = self.store.bm25()
         vocab = bm25.terms()
         prefixed = self._prefixed(bm25, vocab)
+        question = asking_part(question)
         missing = []
         for w in salient_words(question):
             if re.fullmatch(r"[A-Z]{2,}s", w):  # a plural acronym: "CPUs" names what "CPU" names
@@ -226,6 +228,16 @@ class Retriever:
 
 
 _NAME_WORD = r"[A-Za-z0-9][A-Za-z0-9.\-]*[A-Za-z0-9]"  # a word as a name may be written: "t3.micro", "BH-5099"
+
+
+def asking_part(message: str) -> str:
+    """The sentences of a message that ask (end with "?"), when it also has sentences that only tell: "We're a German
+    GmbH with a VAT ID. Will you add VAT?" asks about VAT. A name the customer gives as context ("our GitHub Actions
+    pipeline", "a Dutch client") is theirs, not something the documents must know; the thing asked about is named in
+    the question itself ("Will you sign a HIPAA agreement?"). A message with no question mark is all asking."""
+    sentences = re.split(r"(?<=[.!?])\s+", message.strip())
+    asking = [s for s in sentences if s.rstrip().endswith("?")]
+    return " ".join(asking) if asking and len(asking) < len(sentences) else message
 
 
 def salient_words(question: str) -> list[str]:
