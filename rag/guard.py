@@ -154,7 +154,8 @@ class GuardedReply:
             return ""
         if recites_rules(self._strip_marker(sentence)):
             return ""  # the prompt talking, not an answer: the sentences after it are still checked
-        bad = (self.context.unsupported(sentence, self.anchors) or self._off_evidence(sentence)
+        bad = (_bare(self._strip_marker(sentence)) or self.context.unsupported(sentence, self.anchors)
+               or self._off_evidence(sentence)
                or self._foreign_words(sentence) or self._code_unsaid(sentence) or self._lead_unsaid(sentence))
         if bad:
             self.unsupported.extend(bad)
@@ -266,6 +267,13 @@ class GuardedReply:
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote
         return ("" if head.endswith((" ", "\n")) else " ") + quote
+
+
+def _bare(sentence: str) -> list[str]:
+    """A 'sentence' of figures and citations alone ("[1] 2019."): it says of nothing what the figure is, so the quote
+    says it instead."""
+    words = content_words(sentence)
+    return ["~bare"] if words and not any(c.isalpha() for w in words for c in w) else []
 
 
 def _overlap(a: Evidence, b: Evidence) -> bool:

@@ -62,6 +62,14 @@ def test_vague_answer_gets_the_fact_instead():
     assert text.startswith("Ahoy! Plan: Sloop;") and "$14" in text
 
 
+def test_a_bare_figure_is_no_answer():
+    """"[1] 2019." states a figure of the evidence but says of nothing what it is: the quote says it instead."""
+    text, grounding, bad = run("When did Frankfurt open?", "Ahoy! [2] 2019.")
+    assert grounding == "extractive" and bad == ["~bare"]
+    assert text.startswith("Ahoy! Frankfurt runs in the region fra1. It opened in 2019")
+    assert run("When did Frankfurt open?", "Ahoy! It opened in 2019 [2].")[1] == "generated"
+
+
 def test_missing_persona_opening_is_restored():
     text, grounding, _ = run("How much is the Sloop per month?", "The Sloop plan costs $14 per month [1].")
     assert text.startswith("Ahoy! The Sloop plan costs $14") and grounding == "generated"
