@@ -262,6 +262,15 @@ def test_a_quote_never_says_one_sentence_twice():
     assert text.count("555 0188") == 1 and "09:30 to 16:30" in text
 
 
+def test_an_example_is_quoted_with_the_rule_it_illustrates():
+    backups = Source("backups.md", "Backups > Automatic backups", None, "c12", 0.6, text=(
+        "Backups > Automatic backups\nBackups run every night in a window you choose, and each backup is copied to a "
+        "second region.\nThe backup add-on costs 20% of the server's monthly plan price. For example, backups for a "
+        "Sloop server ($14 per month) cost $2.80 per month."))
+    text, _, _ = run("How much extra does the automatic daily backup thing cost?", "Ahoy!", sources=(backups,))
+    assert text.startswith("Ahoy! The backup add-on costs 20%") and "$2.80" in text
+
+
 def test_a_fact_of_another_sentence_does_not_stand_in_for_the_asked_one():
     # $14 is in the context (so it is no invention), but the question asks for the prepayment saving: the reply
     # opens with the quote of it instead
