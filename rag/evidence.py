@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 from rag.claims import STOP_WORDS, WORD
 from rag.sentences import ROW as _ROW
 from rag.sentences import heading_and_body, split_sentences, under_heading
+from rag.tables import Table, asks_to_list, row_keys
 from rag.types import Source
 
 # who does something, when not a named person: a role (kept general, not per corpus; not bodies such as "staff" or
@@ -85,6 +86,8 @@ class Evidence:
     span: tuple[int, int] | None = None  # the first and last of the sources' sentences it is made of (counted across all
     # the sources): two pieces of evidence that share one are not quoted together
     part: bool = False  # the best sentence for one part of a two-part question: quoted whatever its score
+    member: bool = False  # a row of the table a question asks to list ("Which regions do you have?"): quoted with
+    # all its sibling rows
 
 
 def _same(a: Evidence, b: Evidence) -> bool:
@@ -169,6 +172,36 @@ def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
     return None
 
 
+def _listed_rows(question: str, evidence: list[Evidence]) -> list[Evidence]:
+    """The rows of the table a question asks to list (rag/tables.py: "which regions can I deploy in?" and rows
+    "Region code: hfx1; City: ..."): every row answers, so all are quoted, in the documents' order."""
+    tables: dict[tuple[str, ...], list[Evidence]] = {}
+    for e in sorted(evidence, key=lambda e: (e.source, e.span or (0, 0))):
+        rows = tables.setdefault(row_keys(e.text), []) if _ROW.match(e.text) else []
+        if _ROW.match(e.text) and not any(r.text == e.text for r in rows):  # overlapping chunks hold a row twice
+            rows.append(e)
+    for keys, rows in tables.items():
+        noun = Table("", keys).noun
+        if len(rows) >= 2 and asks_to_list(question, noun):
+            return [] if _names_a_subset(question, noun, rows, evidence) else rows
+    return []
+
+
+def _names_a_subset(question: str, noun: str, rows: list[Evidence], evidence: list[Evidence]) -> bool:
+    """Whether a sentence outside the table names two or more of its rows (their first values) together with what the
+    question asks about besides them: "which regions have load balancers?" is answered by "Load balancers are available
+    in hfx1, fra1 and sin1", not by every region."""
+    values = {r.text.split("; ")[0].partition(": ")[2].strip().lower() for r in rows}
+    asked = content_words(question) - content_words(f"{noun} those these them") - _QUESTION_WORDS
+    for e in evidence:
+        if _ROW.match(e.text):
+            continue
+        said = sum(1 for v in values if v and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", e.text.lower()))
+        if said >= 2 and asked & content_words(e.text):
+            return True
+    return False
+
+
 def _idf(qwords: set[str], sentences: list[set[str]]) -> dict[str, float]:
     """How much each question word tells the candidate sentences (given as their content words) apart: a word that
     every sentence holds ("backup" in the backup document) counts little, a rare one ("minute", "germany") much."""
@@ -205,12 +238,13 @@ class EvidenceRanker:
         self.evidence_k = evidence_k
         self._cache: dict[str, list[float]] = {}
 
-    def rank(self, question: str, sources: Sequence[Source]) -> list[Evidence]:
+    def rank(self, question: str, sources: Sequence[Source], list_rows: bool = False) -> list[Evidence]:
         """Sentences of the sources ranked by how well they answer the question (embedding cosine + word overlap +
         whether they carry what the question asks for + the source's own rank). A question of two parts ("How often
         are the keys rotated, and what cipher protects data at rest?") also gets each part's best sentence, marked
-        `part`, after the best one (see _with_parts)."""
-        ranked = self._rank(question, sources)
+        `part`, after the best one (see _with_parts). With `list_rows` (the question asks to list a table: "which
+        regions can I deploy in?") the table's rows come first, all of them, marked `member`."""
+        ranked = self._rank(question, sources, list_rows)
         parts = question_parts(question)
         return self._with_parts(ranked, parts, sources) if len(parts) > 1 and ranked else ranked
 
@@ -230,7 +264,7 @@ class EvidenceRanker:
                 chosen.append(best)
         return chosen + [e for e in ranked[1:] if not any(_same(e, c) for c in chosen)]
 
-    def _rank(self, question: str, sources: Sequence[Source]) -> list[Evidence]:
+    def _rank(self, question: str, sources: Sequence[Source], list_rows: bool = False) -> list[Evidence]:
         cands: list[tuple[str, int]] = []
         starts: list[int] = []  # where each candidate's text begins (a sentence leaning back begins before itself)
         heads: dict[int, str] = {}
@@ -283,6 +317,12 @@ class EvidenceRanker:
             scored.remove(top)
             scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True,
                                       top.span))
+            return scored[: self.evidence_k]
+        rows = _listed_rows(question, scored) if list_rows else []
+        if rows:  # "which regions do you have?": every row of the table, first, in the documents' order
+            best = scored[0].score + 1.0
+            listed = [Evidence(e.text, e.source, best, True, e.span, member=True) for e in rows]
+            return listed + [e for e in scored if not any(_same(e, r) for r in rows)][: self.evidence_k]
         return scored[: self.evidence_k]
 
     def _cosines(self, question: str, sentences: list[str]) -> list[float]:

@@ -45,12 +45,13 @@ class Guard:
     def __init__(self, embed: Callable[[list[str]], list[list[float]]] | None = None, evidence_k: int = 5):
         self.ranker = EvidenceRanker(embed, evidence_k)
 
-    def evidence(self, question: str, sources: Sequence[Source]) -> list[Evidence]:
-        return self.ranker.rank(question, sources)
+    def evidence(self, question: str, sources: Sequence[Source], list_rows: bool = False) -> list[Evidence]:
+        return self.ranker.rank(question, sources, list_rows)
 
     def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None,
-                refusal: str | None = None, quote_refusals: bool = False) -> "GuardedReply":
-        return GuardedReply(self.evidence(question, sources), context, marker, refusal,
+                refusal: str | None = None, quote_refusals: bool = False, list_rows: bool = False) -> "GuardedReply":
+        """`list_rows`: the question asks to list a table's rows (Retrieval.listed): all of them are the answer."""
+        return GuardedReply(self.evidence(question, sources, list_rows), context, marker, refusal,
                             anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
                             asks=asked_kinds(question), quote_refusals=quote_refusals,
                             codes=[c for c in question_codes(question) if c in context.flat])
@@ -244,6 +245,8 @@ class GuardedReply:
         sentence is right about 7 times in 10 on the dev QA; with its runners-up the fact is quoted 8 times in 10
         (two-part answers too: "locked after 10 tries; the lock lasts 30 minutes")."""
         best = self.evidence[0]
+        if best.member:  # a question listing a table's rows: all of them
+            return [e for e in self.evidence if e.member]
         parts = [best]
         for e in self.evidence[1:]:
             if len(parts) == QUOTE_K:

@@ -14,6 +14,10 @@ from protege.paths import AssistantPaths
 from rag.grounding import build_messages, search_queries, text_of, user_turns
 from rag.types import Retrieval, Source
 
+LIST_NEAR = 8    # a table is listed when one of its chunks is among the question's best this many
+LIST_CHUNKS = 4  # ... and it fills this many chunks at most
+
+
 class KnowledgeBase:
     def __init__(self, kcfg: KnowledgeConfig, collection: str, persist_dir: Path, system_prompt: str | None = None,
                  report_dir: Path | None = None, marker: str | None = None):
@@ -100,7 +104,7 @@ class KnowledgeBase:
         """Ranked sources without the gate (eval and calibration use this)."""
         return self.retriever.search(question, k)
 
-    def retrieve(self, question: str) -> Retrieval:
+    def retrieve(self, question: str, listing: bool = True) -> Retrieval:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail or a
         street address that none of them writes. When answered, sources under the threshold are dropped too (they would
@@ -110,17 +114,42 @@ class KnowledgeBase:
 
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
+        listed = self._listed(question) if listing else []
+        if listed:  # "which regions can I deploy in?": the whole table, first (its chunks score the gate at least)
+            ranked = listed + [s for s in ranked if s.chunk_id not in {t.chunk_id for t in listed}]
+            confidence = max(confidence, self.cfg.min_score)
         refused = not ranked or confidence < self.cfg.min_score
         sources = [] if refused else [s for s in ranked if s.score >= self.cfg.min_score]
         texts = [s.text for s in sources]
         if sources and (unknown_codes(question, texts) or missing_contact(question, texts)):
             sources, refused = [], True  # "error BH-5099" when only BH-5017 is documented: nothing to answer from
-        return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused)
+        return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
+                         listed=bool(listed) and not refused)
+
+    def _listed(self, question: str) -> list[Source]:
+        """The chunks of the table the question asks to list (rag/tables.py), when one of them is among the question's
+        LIST_NEAR best chunks (the table is about what is asked: "what plans do you have?" finds the plans' table
+        second, under the gate) and the question names nothing the documents lack ("which plans come with a GPU?");
+        [] otherwise. At most LIST_CHUNKS chunks: a table longer than that is not listed whole."""
+        from rag.retrieve import Hit, _source
+
+        tables = self.retriever.tables().asked(question)
+        if not tables or self.retriever.unknown_names(question):
+            return []
+        near = {s.chunk_id: s.score for s in self.search(question, k=LIST_NEAR)}
+        for table in tables:
+            if any(c in near for c in table.chunk_ids) and len(table.chunk_ids) <= LIST_CHUNKS:
+                got = {cid: (text, meta) for cid, text, meta, _ in self.store.by_ids(table.chunk_ids)}
+                return [_source(Hit(cid, *got[cid], max(near.get(cid, 0.0), self.cfg.min_score)))
+                        for cid in table.chunk_ids if cid in got]
+        return []
 
     def retrieve_conversation(self, messages: list[dict]) -> Retrieval:
         """Retrieve for the last user turn; a follow-up ("and per year?") is also searched together with the recent
         user turns, and the better-scoring of the two is kept (then gated as usual)."""
-        tries = [self.retrieve(q) for q in search_queries(messages, self.cfg.follow_up_turns)]
+        # only the last turn alone asks to list: "Which regions do you have?" before "and the German one's partner?"
+        queries = search_queries(messages, self.cfg.follow_up_turns)
+        tries = [self.retrieve(q, listing=n == 0) for n, q in enumerate(queries)]
         return max(tries, key=lambda r: r.confidence)  # the first on a tie: the last turn alone
 
     def build_messages(self, messages: list[dict], retrieval: Retrieval) -> list[dict]:
@@ -148,4 +177,5 @@ class KnowledgeBase:
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))
         # the question as searched (acronyms the documents spell out, spelled out): its words find the sentence too
         return self.guard.session(self.retriever.expand(retrieval.question), retrieval.sources, context, self.marker,
-                                  self.refusal, quote_refusals=self.cfg.model_refusal == "quote")
+                                  self.refusal, quote_refusals=self.cfg.model_refusal == "quote",
+                                  list_rows=retrieval.listed)

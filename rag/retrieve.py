@@ -61,7 +61,7 @@ class Retriever:
     def invalidate(self) -> None:
         """Call after the collection changed. The BM25 index follows the store by itself (store.bm25()); this only
         drops the text kept for spelled-out acronyms and name phrases, and the acronyms found spelled out in it."""
-        for name in ("text", "spaced", "spelled"):
+        for name in ("text", "spaced", "spelled", "tables"):
             self._derived.pop(name, None)
 
     def search(self, question: str, k: int | None = None, qvec: list[float] | None = None) -> list[Source]:
@@ -120,6 +120,14 @@ class Retriever:
         the index."""
         return self._per_version("text", bm25, lambda: "\n".join(
             (doc or "") for _, _, doc in self.store.iter_all(include=("documents",))))
+
+    def tables(self):
+        """The tables of the documents (rag/tables.py), found once per version of the index."""
+        from rag.tables import TableIndex
+
+        bm25 = self.store.bm25()
+        return self._per_version("tables", bm25, lambda: TableIndex(
+            (cid, text, meta) for cid, meta, text in self.store.iter_all(include=("metadatas", "documents"))))
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question (capitalised words past the first, acronyms, codes like t3.micro) of which no

@@ -31,3 +31,4 @@ class Retrieval:
     sources: list[Source] = field(default_factory=list)
     confidence: float = 0.0
     refused: bool = True
+    listed: bool = False  # the question asks to list a table's rows and got the table (rag/tables.py)

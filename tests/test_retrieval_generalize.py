@@ -216,3 +216,25 @@ def test_a_question_for_a_contact_no_source_writes_is_refused(demo_kb):
                            ["Harbor Priority adds a named technical account manager after six months."])
     assert not missing_contact("What's the name of your finance officer?", ["Name: Priya Lindgren; Role: CFO"])
     assert not missing_contact("What's the name of your cheapest plan?", ["Plan: Dinghy; Price per month: $6"])
+
+
+def test_a_question_listing_a_table_gets_all_its_rows(demo_kb):
+    """"which regions can i deploy servers in?" found the prose about regions, not the region list; "what plans do
+    you have?" scored 0.27, under the gate. Both get their table, whole, and the quote lists every row."""
+    q = "which regions can i deploy servers in?"
+    r = demo_kb.retrieve(q)
+    assert r.listed and not r.refused
+    text = " ".join(s.text for s in r.sources)
+    assert all(code in text for code in ("hfx1", "yyz1", "lis1", "fra1", "sin1", "syd1"))
+    msgs = [{"role": "user", "content": q}]
+    quote = demo_kb.guard_session(msgs, r).finish()
+    assert all(code in quote for code in ("hfx1", "yyz1", "lis1", "fra1", "sin1", "syd1")), quote
+    plans = demo_kb.retrieve("what plans do you have?")
+    assert plans.listed and not plans.refused
+    # a follow-up after a listing question asks about one row: only the last turn alone may list
+    follow = demo_kb.retrieve_conversation([
+        {"role": "user", "content": "Which regions do you have?"},
+        {"role": "assistant", "content": "Ahoy! Halifax, Toronto, Lisbon, Frankfurt, Singapore and Sydney."},
+        {"role": "user", "content": "who's the data center partner for the German one?"}])
+    assert not follow.listed
+    assert not demo_kb.retrieve("Which regions have GPU servers?").listed  # a name the documents lack

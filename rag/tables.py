@@ -1,0 +1,78 @@
+"""The tables of the knowledge: a question that asks to list what a table enumerates gets the whole table.
+
+Tables reach the index linearised one row per line ("Region code: hfx1; City: Halifax; ...", rag/chunking.py) and a
+long one is cut across chunks. "Which regions can I deploy servers in?" asks for every row of the region list, but its
+embedding lands on the prose about regions ("Each region is a separate data center ..."), and when the list's chunk
+is found at all it holds a part of the rows. A table is known by what its first column holds (the first word of the
+first key: "Region code" -> region, "Plan" -> plan), and a question asks to list it when it names the plural after
+"which", "what", "list" or "all" ("what plans do you have?", "list all regions"). A question about one row ("Which
+region has a Lisbon data center?") names no plural and is answered by its best row as before.
+
+The index is built from the stored chunks' texts (Retriever.tables(), once per version of the index)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from rag.claims import ROW
+
+
+@dataclass
+class Table:
+    path: str
+    keys: tuple[str, ...]                             # the lower-cased keys of its rows, in order
+    chunk_ids: list[str] = field(default_factory=list)  # the chunks holding its rows, in the document's order
+    rows: list[str] = field(default_factory=list)        # its rows as written, each once, in the document's order
+
+    @property
+    def noun(self) -> str:
+        """What the first column holds: the first word of the first key ("region code" -> "region")."""
+        words = re.findall(r"[a-z]+", self.keys[0])
+        return words[0] if words else ""
+
+
+def row_keys(row: str) -> tuple[str, ...]:
+    """'Plan: Sloop; vCPU: 2' -> ('plan', 'vcpu')."""
+    return tuple(f.partition(": ")[0].strip().lower() for f in row.rstrip(".").split("; "))
+
+
+def asks_to_list(question: str, noun: str) -> bool:
+    """Whether the question asks for every `noun` ("which regions can I deploy in?", "what plans do you have?",
+    "list all regions") rather than for one ("which region opened last?")."""
+    if not noun:
+        return False
+    plural = rf"{noun}(?:s|es)" if not noun.endswith("y") else rf"(?:{noun}s|{noun[:-1]}ies)"
+    asked = re.search(rf"\b(?:which|what|list|all)\b(?:\s+[\w-]+){{0,2}}?\s+{plural}\b(?!\s+{_ONE})", question, re.I)
+    return asked is not None and not _PICKS_ONE.search(question)
+
+
+# "which of your services has the strongest uptime promise?" picks one row: a verb in the singular after the plural,
+# or a superlative
+_ONE = r"(?:has|is|was|offers|gives|costs|includes)\b"
+_PICKS_ONE = re.compile(r"\b(?:most|least|best|worst|cheapest|priciest|newest|oldest|latest|earliest|biggest|"
+                        r"largest|smallest|highest|lowest|strongest|weakest|fastest|slowest|longest|shortest)\b", re.I)
+
+
+class TableIndex:
+    """The tables of a set of chunks, by path and keys; a table needs two rows or more."""
+
+    def __init__(self, chunks: Iterable[tuple[str, str, dict]]):
+        found: dict[tuple[str, tuple[str, ...]], list[tuple[int, int, str, str]]] = {}
+        for cid, text, meta in chunks:
+            ordinal = int(meta.get("ordinal") or 0)
+            for n, line in enumerate((text or "").splitlines()):
+                if ROW.match(line.strip()):
+                    key = (str(meta.get("path", "")), row_keys(line.strip()))
+                    found.setdefault(key, []).append((ordinal, n, cid, line.strip()))
+        self.tables: list[Table] = []
+        for (path, keys), rows in found.items():
+            rows.sort()
+            unique = list(dict.fromkeys(r for *_, r in rows))  # chunks overlap: a row at a boundary is written twice
+            if len(unique) >= 2:
+                self.tables.append(Table(path, keys, list(dict.fromkeys(c for _, _, c, _ in rows)), unique))
+
+    def asked(self, question: str) -> list[Table]:
+        """The tables the question asks to list (see asks_to_list)."""
+        return [t for t in self.tables if asks_to_list(question, t.noun)]
