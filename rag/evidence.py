@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from rag.claims import STOP_WORDS, WORD
 from rag.sentences import ROW as _ROW
 from rag.sentences import heading_and_body, split_sentences, under_heading
-from rag.tables import Table, asks_to_list, row_keys
+from rag.tables import Table, asks_to_list, row_keys, row_value, superlatives
 from rag.types import Source
 
 # who does something, when not a named person: a role (kept general, not per corpus; not bodies such as "staff" or
@@ -108,14 +108,6 @@ def question_parts(question: str) -> list[str]:
     return parts if len(parts) > 1 else [question]
 
 
-_SUPERLATIVE = [  # (what the question says, which values compare, True: the largest wins)
-    (re.compile(r"\b(newest|latest|most recent|youngest)\b", re.I), "year", True),
-    (re.compile(r"\b(oldest|first|earliest)\b", re.I), "year", False),
-    (re.compile(r"\b(cheapest|least expensive|lowest[- ]priced|smallest|entry[- ]level)\b", re.I), "money", False),
-    (re.compile(r"\b(most expensive|priciest|biggest|largest|top[- ]tier)\b", re.I), "money", True),
-]
-
-
 # questions that ask for a way to reach someone or for someone's name, and the shape of the answer: when no retrieved
 # source holds that shape, the documents cannot answer ("the Lisbon office's phone number" when only Halifax's is
 # written down). Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare
@@ -152,19 +144,12 @@ def asked_kinds(question: str) -> list[re.Pattern]:
 def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
     """Questions about the extreme of a table ("Which region opened last?") are answered by comparing its rows: the
     row whose year (or price) is the largest or smallest, among rows of the same table (the same keys)."""
-    for said, kind, largest in _SUPERLATIVE:
-        if not said.search(question):
-            continue
+    for kind, largest in superlatives(question):
         rows: dict[tuple[str, ...], list[tuple[float, Evidence]]] = {}
         for e in evidence:
-            if not _ROW.match(e.text):
-                continue
-            fields = [f.partition(": ") for f in e.text.rstrip(".").split("; ")]
-            values = [v for _, _, v in fields if (re.fullmatch(r"(19|20)\d\d", v.strip()) if kind == "year"
-                                                  else re.fullmatch(r"[$€£]\d[\d,]*(\.\d+)?", v.strip()))]
-            if values:
-                key = tuple(k for k, _, _ in fields)
-                rows.setdefault(key, []).append((float(values[0].strip().lstrip("$€£").replace(",", "")), e))
+            value = row_value(e.text, kind) if _ROW.match(e.text) else None
+            if value is not None:
+                rows.setdefault(row_keys(e.text), []).append((value, e))
         tables = [r for r in rows.values() if len(r) >= 2]
         if tables:
             table = max(tables, key=len)

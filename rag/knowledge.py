@@ -14,8 +14,9 @@ from protege.paths import AssistantPaths
 from rag.grounding import build_messages, search_queries, text_of, user_turns
 from rag.types import Retrieval, Source
 
-LIST_NEAR = 8    # a table is listed when one of its chunks is among the question's best this many
-LIST_CHUNKS = 4  # ... and it fills this many chunks at most
+TABLE_NEAR = 8    # a table is read whole when one of its chunks is among the question's best this many
+TABLE_CHUNKS = 4  # ... and it fills this many chunks at most
+TABLE_POOL = 30   # ranked from this many candidates (hybrid: fewer fuse shorter lists, where a table's rows rank low)
 
 
 class KnowledgeBase:
@@ -108,15 +109,16 @@ class KnowledgeBase:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail or a
         street address that none of them writes. When answered, sources under the threshold are dropped too (they would
-        be irrelevant citations)."""
+        be irrelevant citations). A question that asks to list a table's rows gets the whole table (see _table);
+        `listing=False` for a follow-up's query made of several turns."""
         from rag.claims import unknown_codes
         from rag.evidence import missing_contact
 
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
-        listed = self._listed(question) if listing else []
-        if listed:  # "which regions can I deploy in?": the whole table, first (its chunks score the gate at least)
-            ranked = listed + [s for s in ranked if s.chunk_id not in {t.chunk_id for t in listed}]
+        table, listed = self._table(question) if listing else ([], False)
+        if table:  # "which regions can I deploy in?": the whole table, first (its chunks score the gate at least)
+            ranked = table + [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
             confidence = max(confidence, self.cfg.min_score)
         refused = not ranked or confidence < self.cfg.min_score
         sources = [] if refused else [s for s in ranked if s.score >= self.cfg.min_score]
@@ -124,25 +126,26 @@ class KnowledgeBase:
         if sources and (unknown_codes(question, texts) or missing_contact(question, texts)):
             sources, refused = [], True  # "error BH-5099" when only BH-5017 is documented: nothing to answer from
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
-                         listed=bool(listed) and not refused)
+                         listed=listed and not refused)
 
-    def _listed(self, question: str) -> list[Source]:
-        """The chunks of the table the question asks to list (rag/tables.py), when one of them is among the question's
-        LIST_NEAR best chunks (the table is about what is asked: "what plans do you have?" finds the plans' table
-        second, under the gate) and the question names nothing the documents lack ("which plans come with a GPU?");
-        [] otherwise. At most LIST_CHUNKS chunks: a table longer than that is not listed whole."""
+    def _table(self, question: str) -> tuple[list[Source], bool]:
+        """The chunks of the table the question asks to list (rag/tables.py), and True; ([], False) for other
+        questions. A table counts when one of its chunks
+        is among the question's TABLE_NEAR best (it is about what is asked: "what plans do you have?" finds the plans'
+        table second, under the gate) and the question names nothing the documents lack ("which plans come with a
+        GPU?"). At most TABLE_CHUNKS chunks: a longer table is not read whole."""
         from rag.retrieve import Hit, _source
 
         tables = self.retriever.tables().asked(question)
         if not tables or self.retriever.unknown_names(question):
-            return []
-        near = {s.chunk_id: s.score for s in self.search(question, k=LIST_NEAR)}
+            return [], False
+        near = {s.chunk_id: s.score for s in self.search(question, k=TABLE_POOL)[:TABLE_NEAR]}
         for table in tables:
-            if any(c in near for c in table.chunk_ids) and len(table.chunk_ids) <= LIST_CHUNKS:
+            if any(c in near for c in table.chunk_ids) and len(table.chunk_ids) <= TABLE_CHUNKS:
                 got = {cid: (text, meta) for cid, text, meta, _ in self.store.by_ids(table.chunk_ids)}
                 return [_source(Hit(cid, *got[cid], max(near.get(cid, 0.0), self.cfg.min_score)))
-                        for cid in table.chunk_ids if cid in got]
-        return []
+                        for cid in table.chunk_ids if cid in got], True
+        return [], False
 
     def retrieve_conversation(self, messages: list[dict]) -> Retrieval:
         """Retrieve for the last user turn; a follow-up ("and per year?") is also searched together with the recent

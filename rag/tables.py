@@ -6,7 +6,10 @@ embedding lands on the prose about regions ("Each region is a separate data cent
 is found at all it holds a part of the rows. A table is known by what its first column holds (the first word of the
 first key: "Region code" -> region, "Plan" -> plan), and a question asks to list it when it names the plural after
 "which", "what", "list" or "all" ("what plans do you have?", "list all regions"). A question about one row ("Which
-region has a Lisbon data center?") names no plural and is answered by its best row as before.
+region has a Lisbon data center?") names no plural and is answered by its best row as before; one about a table's
+extreme ("which region is the newest?") by comparing the values of the rows retrieved (rag/evidence.py). Whole
+tables are not pulled in for those: "largest", "smallest" and "first" ask about page sizes, staff and funding rounds
+as often as about a table's prices or years (dev: 3 right answers lost, 2 gained).
 
 The index is built from the stored chunks' texts (Retriever.tables(), once per version of the index)."""
 
@@ -31,6 +34,31 @@ class Table:
         """What the first column holds: the first word of the first key ("region code" -> "region")."""
         words = re.findall(r"[a-z]+", self.keys[0])
         return words[0] if words else ""
+
+
+# a question about the extreme of a table: (what it says, which values compare, True: the largest wins)
+SUPERLATIVES = [
+    (re.compile(r"\b(newest|latest|most recent(?:ly)?|youngest)\b", re.I), "year", True),
+    (re.compile(r"\b(oldest|first|earliest)\b", re.I), "year", False),
+    (re.compile(r"\b(cheapest|least expensive|lowest[- ]priced|smallest|entry[- ]level)\b", re.I), "money", False),
+    (re.compile(r"\b(most expensive|priciest|biggest|largest|top[- ]tier)\b", re.I), "money", True),
+]
+_VALUE = {"year": re.compile(r"(19|20)\d\d"), "money": re.compile(r"[$€£]\d[\d,]*(\.\d+)?")}
+
+
+def superlatives(question: str) -> list[tuple[str, bool]]:
+    """(the kind of value compared, whether the largest wins) for each way the question asks for a table's extreme
+    ("the cheapest plan for my first server" says "first" too: the kind the rows hold decides)."""
+    return [(kind, largest) for said, kind, largest in SUPERLATIVES if said.search(question)]
+
+
+def row_value(row: str, kind: str) -> float | None:
+    """The row's first value of that kind ("Price per month: $14" -> 14.0 for money), None without one."""
+    for field_ in row.rstrip(".").split("; "):
+        value = field_.partition(": ")[2].strip()
+        if _VALUE[kind].fullmatch(value):
+            return float(value.lstrip("$€£").replace(",", ""))
+    return None
 
 
 def row_keys(row: str) -> tuple[str, ...]:

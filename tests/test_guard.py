@@ -288,6 +288,9 @@ def test_superlatives_compare_the_rows_of_a_table():
         "Region code: yyz1; City: Toronto; Opened: 2017\nThe Toronto region is the newest choice for Canadian data."))
     assert "Sydney" in session("Which is your newest region?", sources=(rows,)).evidence[0].text
     assert "Halifax" in session("Which region is the oldest?", sources=(rows,)).evidence[0].text
+    assert "Sydney" in session("Which region opened most recently?", sources=(rows,)).evidence[0].text
+    # "first" asks for the oldest year, but a plan's price is no year: "cheapest" decides
+    assert "Dinghy" in session("What's the cheapest plan for my first server?", sources=(PRICING,)).evidence[0].text
     assert "Dinghy" in session("What does the cheapest plan cost?", sources=(PRICING,)).evidence[0].text
     text, grounding, _ = run("Which is your newest region?", "Ahoy! Toronto is the newest [1].", sources=(rows,))
     assert grounding == "extractive" and "syd1" in text  # a name is no number: the quote with the fact is added
