@@ -40,8 +40,17 @@ def user_turns(messages: list[dict]) -> list[str]:
     return [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
 
 
+# A short turn about "the" something that names nothing of its own ("what's the number to call?" after "Can I call
+# your support by phone?"): the thing is the one the conversation is about.
+_BARE_MAX_WORDS = 6
+
+
 def is_follow_up(text: str) -> bool:
-    return bool(_FOLLOW_UP.search(text))
+    if _FOLLOW_UP.search(text):
+        return True
+    words = re.findall(r"[\w'’-]+", text)
+    return (len(words) <= _BARE_MAX_WORDS and re.search(r"\bthe\b", text, re.I) is not None
+            and not any(w[:1].isupper() or any(c.isdigit() for c in w) for w in words[1:]))
 
 
 def search_queries(messages: list[dict], turns: int = 2) -> list[str]:

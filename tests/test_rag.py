@@ -398,6 +398,9 @@ def test_index_skips_an_oversized_file_with_a_warning_and_drops_its_old_chunks(t
     ("Okay: what does the Sloop plan cost?", True),                 # searched both ways; the better one is kept
     ("What does the Sloop plan cost?", False),
     ("Andrew here: how do I reset my password?", False),             # "and" only as a word's start
+    ("what's the number to call?", True),                            # short, about "the" thing talked of
+    ("What's the price of the Galleon?", False),                     # names its own thing
+    ("What is the street address of your headquarters?", False),     # a whole question
 ])
 def test_follow_up_turns_are_searched_with_the_turn_before(turn, follow_up):
     from rag.grounding import search_queries
