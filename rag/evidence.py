@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 from rag.claims import STOP_WORDS, WORD
 from rag.sentences import ROW as _ROW
 from rag.sentences import heading_and_body, split_sentences, under_heading
-from rag.tables import Table, asks_to_list, row_keys, row_value, superlatives
+from rag.tables import (Table, asks_to_list, holds_quantity, question_quantities, row_keys, row_value,
+                        superlatives)
 from rag.types import Source
 
 # who does something, when not a named person: a role (kept general, not per corpus; not bodies such as "staff" or
@@ -155,6 +156,18 @@ def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
             table = max(tables, key=len)
             return (max if largest else min)(table, key=lambda r: r[0])[1]
     return None
+
+
+def _valued_row(question: str, evidence: list[Evidence]) -> Evidence | None:
+    """When the best sentence is a table row without the value the question names ("the 4-core box", and the row
+    ranked first is the Sloop's, with 4 GB of RAM), the best-ranked row of its table that holds it in that unit
+    ("vCPU: 4"): the question picked that row. None otherwise (the best sentence is no row, or holds the value)."""
+    asked = question_quantities(question)
+    if not asked or not evidence or not _ROW.match(evidence[0].text) or holds_quantity(evidence[0].text, asked):
+        return None
+    keys = row_keys(evidence[0].text)
+    return next((e for e in evidence[1:] if _ROW.match(e.text) and row_keys(e.text) == keys
+                 and holds_quantity(e.text, asked)), None)
 
 
 def _listed_rows(question: str, evidence: list[Evidence]) -> list[Evidence]:
@@ -302,6 +315,11 @@ class EvidenceRanker:
             scored.remove(top)
             scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True,
                                       top.span))
+            return scored[: self.evidence_k]
+        top = _valued_row(question, scored)
+        if top is not None:  # "the 4-core box": the row with vCPU 4, not the one with 4 GB of RAM ranked first
+            scored.remove(top)
+            scored.insert(0, Evidence(top.text, top.source, scored[0].score, True, top.span))
             return scored[: self.evidence_k]
         rows = _listed_rows(question, scored) if list_rows else []
         if rows:  # "which regions do you have?": every row of the table, first, in the documents' order

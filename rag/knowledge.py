@@ -117,9 +117,10 @@ class KnowledgeBase:
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
         table, listed = self._table(question) if listing else ([], False)
-        if table:  # "which regions can I deploy in?": the whole table, first (its chunks score the gate at least)
+        if table:  # "which regions can I deploy in?", "the 4-core box": the whole table, first
             ranked = table + [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
-            confidence = max(confidence, self.cfg.min_score)
+            if listed:  # a question listing a table is about it (its chunks score the gate at least)
+                confidence = max(confidence, self.cfg.min_score)
         refused = not ranked or confidence < self.cfg.min_score
         sources = [] if refused else [s for s in ranked if s.score >= self.cfg.min_score]
         texts = [s.text for s in sources]
@@ -129,14 +130,16 @@ class KnowledgeBase:
                          listed=listed and not refused)
 
     def _table(self, question: str) -> tuple[list[Source], bool]:
-        """The chunks of the table the question asks to list (rag/tables.py), and True; ([], False) for other
-        questions. A table counts when one of its chunks
-        is among the question's TABLE_NEAR best (it is about what is asked: "what plans do you have?" finds the plans'
-        table second, under the gate) and the question names nothing the documents lack ("which plans come with a
-        GPU?"). At most TABLE_CHUNKS chunks: a longer table is not read whole."""
+        """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
+        row holding a value the question names ("the 4-core box"), and False; ([], False) for other questions. A table
+        counts when one of its chunks is among the question's TABLE_NEAR best (it is about what is asked: "what plans
+        do you have?" finds the plans' table second, under the gate) and the question names nothing the documents
+        lack ("which plans come with a GPU?"). At most TABLE_CHUNKS chunks: a longer table is not read whole."""
         from rag.retrieve import Hit, _source
 
-        tables = self.retriever.tables().asked(question)
+        index = self.retriever.tables()
+        listing = index.asked(question)
+        tables = listing or index.valued(question)
         if not tables or self.retriever.unknown_names(question):
             return [], False
         near = {s.chunk_id: s.score for s in self.search(question, k=TABLE_POOL)[:TABLE_NEAR]}
@@ -144,7 +147,7 @@ class KnowledgeBase:
             if any(c in near for c in table.chunk_ids) and len(table.chunk_ids) <= TABLE_CHUNKS:
                 got = {cid: (text, meta) for cid, text, meta, _ in self.store.by_ids(table.chunk_ids)}
                 return [_source(Hit(cid, *got[cid], max(near.get(cid, 0.0), self.cfg.min_score)))
-                        for cid in table.chunk_ids if cid in got], True
+                        for cid in table.chunk_ids if cid in got], bool(listing)
         return [], False
 
     def retrieve_conversation(self, messages: list[dict]) -> Retrieval:

@@ -6,7 +6,8 @@ embedding lands on the prose about regions ("Each region is a separate data cent
 is found at all it holds a part of the rows. A table is known by what its first column holds (the first word of the
 first key: "Region code" -> region, "Plan" -> plan), and a question asks to list it when it names the plural after
 "which", "what", "list" or "all" ("what plans do you have?", "list all regions"). A question about one row ("Which
-region has a Lisbon data center?") names no plural and is answered by its best row as before; one about a table's
+region has a Lisbon data center?") names no plural and is answered by its best row as before. A question naming one
+of a table's values ("the 4-core box", "vCPU: 4") gets the table too: its row may be in a chunk not found. One about a table's
 extreme ("which region is the newest?") by comparing the values of the rows retrieved (rag/evidence.py). Whole
 tables are not pulled in for those: "largest", "smallest" and "first" ask about page sizes, staff and funding rounds
 as often as about a table's prices or years (dev: 3 right answers lost, 2 gained).
@@ -104,3 +105,48 @@ class TableIndex:
     def asked(self, question: str) -> list[Table]:
         """The tables the question asks to list (see asks_to_list)."""
         return [t for t in self.tables if asks_to_list(question, t.noun)]
+
+    def valued(self, question: str) -> list[Table]:
+        """The tables with a row holding a value the question names ("the 4-core box": "vCPU: 4"; "the $14 server":
+        "Price per month: $14"): the row that answers may sit in a chunk the question's words did not find."""
+        asked = question_quantities(question)
+        return [t for t in self.tables if asked and any(holds_quantity(r, asked) for r in t.rows)]
+
+
+def row_numbers(row: str) -> set[str]:
+    """The numbers a row's values are written with ("vCPU: 4; RAM: 8 GB; Price per month: $32" -> 4, 8, 32)."""
+    return {n for n, _ in row_quantities(row)}
+
+
+# units written in other words: "32 gigs of memory" is "RAM: 32 GB", "the 4-core box" is "vCPU: 4"
+_UNITS = {"gb": "gb", "gig": "gb", "gigs": "gb", "gigabyte": "gb", "gigabytes": "gb", "tb": "tb", "terabyte": "tb",
+          "terabytes": "tb", "core": "cpu", "cores": "cpu", "cpu": "cpu", "cpus": "cpu", "vcpu": "cpu", "vcpus": "cpu"}
+_QUANTITY = re.compile(r"([$€£])?(?<![\w.])(\d+(?:\.\d+)?)(?![\d.])(?:\s*-?\s*([a-z]+))?", re.I)
+
+
+def _unit(word: str | None) -> str | None:
+    return _UNITS.get(word.lower()) if word else None
+
+
+def row_quantities(row: str) -> set[tuple[str, str | None]]:
+    """(number, unit) of each of a row's values: the unit written after it, "$" before it, else what its key names
+    ("vCPU: 4" -> ("4", "cpu"); "RAM: 8 GB" -> ("8", "gb"); "Price per month: $32" -> ("32", "$"))."""
+    out = set()
+    for f in row.rstrip(".").split("; "):
+        key, _, value = f.partition(": ")
+        for cur, n, word in _QUANTITY.findall(value):
+            out.add((n, "$" if cur else _unit(word) or _unit(key.strip()) or None))
+    return out
+
+
+def question_quantities(question: str) -> set[tuple[str, str | None]]:
+    """(number, unit or None) the question names ("the 4-core box" -> ("4", "cpu"); "the $14 server" -> ("14",
+    "$"); "plan 2" -> ("2", None))."""
+    return {(n, "$" if cur else _unit(word)) for cur, n, word in _QUANTITY.findall(question)}
+
+
+def holds_quantity(row: str, asked: set[tuple[str, str | None]]) -> bool:
+    """Whether a row has a value the question names, in the same unit when the question gives one: "4-core" is not
+    the "RAM: 4 GB" of another row."""
+    held = row_quantities(row)
+    return any((n, u) in held if u else any(n == m for m, _ in held) for n, u in asked)

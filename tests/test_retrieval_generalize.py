@@ -238,3 +238,12 @@ def test_a_question_listing_a_table_gets_all_its_rows(demo_kb):
         {"role": "user", "content": "who's the data center partner for the German one?"}])
     assert not follow.listed
     assert not demo_kb.retrieve("Which regions have GPU servers?").listed  # a name the documents lack
+
+
+def test_the_row_a_question_names_by_its_value_answers(demo_kb):
+    """"the 4-core server plan": the Sloop's row (4 GB of RAM) had come first and its $0.021 was quoted; the
+    Schooner's row (vCPU: 4) answers."""
+    q = "How much per hour is the 4-core server plan?"
+    r = demo_kb.retrieve(q)
+    quote = demo_kb.guard_session([{"role": "user", "content": q}], r).finish()
+    assert quote.startswith("Plan: Schooner") and "$0.048" in quote and "$0.021" not in quote, quote  # no marker here

@@ -53,3 +53,28 @@ def test_every_row_is_quoted_when_the_question_lists_the_table():
     sources.append(Source("regions.md", "Regions", None, "c3", 0.6, text=PROSE))
     text = _reply("Which regions have load balancers?", sources)
     assert "Load balancers are available in hfx1 and lis1" in text and "syd1" not in text
+
+
+def test_a_value_the_question_names_is_matched_in_its_unit():
+    from rag.tables import holds_quantity, question_quantities, row_quantities
+
+    sloop = "Plan: Sloop; vCPU: 2; RAM: 4 GB; Price per month: $14; Price per hour: $0.021"
+    schooner = "Plan: Schooner; vCPU: 4; RAM: 8 GB; Price per month: $32; Price per hour: $0.048"
+    assert row_quantities(sloop) == {("2", "cpu"), ("4", "gb"), ("14", "$"), ("0.021", "$")}
+    asked = question_quantities("I only need the 4-core box for a load test. What's it cost by the hour?")
+    assert asked == {("4", "cpu")} and holds_quantity(schooner, asked) and not holds_quantity(sloop, asked)
+    assert holds_quantity(sloop, question_quantities("I've got the $14 server."))
+    assert holds_quantity(schooner, question_quantities("the one with 8 gigs of memory"))
+    index = TableIndex([("c1", "Plans\n" + sloop + "\n" + schooner, {"path": "pricing.md", "ordinal": 1})])
+    assert index.valued("What does the 4-core box cost?") == index.tables
+    assert index.valued("What does the 16-core box cost?") == [] and index.valued("What does the box cost?") == []
+
+
+def test_the_row_holding_the_named_value_answers():
+    rows = Source("pricing.md", "Plans", None, "c1", 0.5, text=(
+        "Plans\nPlan: Sloop; vCPU: 2; RAM: 4 GB; Price per hour: $0.021\n"
+        "Plan: Schooner; vCPU: 4; RAM: 8 GB; Price per hour: $0.048"))
+    ev = Guard(embed=None).evidence("What does the 4-core box cost per hour?", [rows])
+    assert ev[0].text.startswith("Plan: Schooner")  # not the Sloop, with its 4 GB of RAM
+    ev = Guard(embed=None).evidence("What does the 2-core box cost per hour?", [rows])
+    assert ev[0].text.startswith("Plan: Sloop")
