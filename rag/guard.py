@@ -54,7 +54,8 @@ class Guard:
         return GuardedReply(self.evidence(question, sources, list_rows), context, marker, refusal,
                             anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
                             asks=asked_kinds(question), quote_refusals=quote_refusals,
-                            codes=[c for c in question_codes(question) if c in context.flat])
+                            codes=[c for c in question_codes(question) if c in context.flat],
+                            echo=claims(question), echo_words=content_words(question))
 
 
 @dataclass
@@ -70,6 +71,8 @@ class GuardedReply:
     asks: list[re.Pattern] = field(default_factory=list)  # the kinds of fact the question asks for (_ASKS)
     quote_refusals: bool = False  # the model declining is answered with the quote, not the refusal (see _accept)
     codes: list[str] = field(default_factory=list)  # codes the question names that the sources hold (flat_text form)
+    echo: Claims = field(default_factory=lambda: claims(""))  # the figures the question itself says (_states)
+    echo_words: set[str] = field(default_factory=set)  # ... and its words
     grounding: str = "generated"
     unsupported: list[str] = field(default_factory=list)
     stopped: bool = False     # the rest of the generation is not wanted: close the engine stream
@@ -82,7 +85,8 @@ class GuardedReply:
     def fresh(self) -> "GuardedReply":
         """A new reply under the same evidence and context (one per choice; the evidence is computed once)."""
         return GuardedReply(self.evidence, self.context, self.marker, self.refusal, anchors=self.anchors,
-                            labels=self.labels, asks=self.asks, quote_refusals=self.quote_refusals, codes=self.codes)
+                            labels=self.labels, asks=self.asks, quote_refusals=self.quote_refusals, codes=self.codes,
+                            echo=self.echo, echo_words=self.echo_words)
 
     @property
     def released(self) -> str:
@@ -231,13 +235,20 @@ class GuardedReply:
                 return False
         said = claims(text)
         facts = claims(e.text)
+        # the question's own figures are no answer: "The v1 endpoints are still working" repeats the "v1" of "Does v1
+        # still work?" and states nothing of "v1 was retired on 30 June 2023 and answers 410 Gone"
+        numbers, codes = facts.numbers - self.echo.numbers, facts.codes - self.echo.codes
         if not (facts.numbers or facts.codes):  # a sentence without figures: the reply must say most of its words
             words = content_words(e.text)
             return len(words & content_words(text)) >= max(1, len(words) / 2)
+        if not (numbers or codes):  # its figures are the question's ("BH-3320  Account past due. An invoice is
+            # overdue ..."): the reply must say some of what it adds to them ("BH-3320 means your account is past due")
+            words = content_words(e.text) - self.echo_words
+            return len(words & content_words(text)) >= max(1, len(words) / 4)
         spans = [_words_at(e.text, m) for m in self.asks[0].finditer(e.text)] if self.asks else []
         asked = claims(" ".join(spans))
         if _ROW.match(e.text) or not (asked.numbers or asked.codes):  # a table row holds alternatives (vCPU, RAM,
-            return bool((said.numbers & facts.numbers) or (said.codes & facts.codes))  # price): one of them answers
+            return bool((said.numbers & numbers) or (said.codes & codes))  # price): one of them answers
         return asked.numbers <= said.numbers and asked.codes <= said.codes  # all the sentence's figures of that kind
 
     def _quoted(self) -> list[Evidence]:

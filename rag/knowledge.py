@@ -117,8 +117,9 @@ class KnowledgeBase:
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
         table, listed = self._table(question) if listing else ([], False)
-        if table:  # "which regions can I deploy in?", "the 4-core box": the whole table, first
-            ranked = table + [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
+        if table:  # "which regions can I deploy in?": the whole table, first; "the 4-core box": after the others
+            rest = [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
+            ranked = table + rest if listed else rest + table
             if listed:  # a question listing a table is about it (its chunks score the gate at least)
                 confidence = max(confidence, self.cfg.min_score)
         refused = not ranked or confidence < self.cfg.min_score

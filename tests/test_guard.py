@@ -413,6 +413,18 @@ def test_each_part_of_a_two_part_question_gets_its_answer_quoted():
     assert "90 days" in text and "AES-256" in text
 
 
+def test_the_questions_own_figures_state_nothing():
+    """"Does v1 still work?" answered "The v1 endpoints are still working": the reply's "v1" is the question's, and the
+    evidence ("v1 was retired ... answers 410 Gone") is not stated, so the quote answers."""
+    api = Source("api.html", "API", None, "c16", 0.6, text=(
+        "API\nVersion v1 was retired on 30 June 2023 and now answers every request with HTTP 410 Gone."))
+    q = "We have an old integration still calling the v1 endpoints. Does that still work?"
+    text, grounding, bad = run(q, "Ahoy! The v1 endpoints are still working [1].", sources=(api,))
+    assert grounding == "extractive" and "still working" not in text and "410 Gone" in text and bad == ["~lead"]
+    text, grounding, _ = run(q, "Ahoy! No: v1 was retired on 30 June 2023 and answers 410 Gone [1].", sources=(api,))
+    assert grounding == "generated" and text.startswith("Ahoy! No: v1 was retired")
+
+
 def test_a_question_about_a_code_is_answered_first_by_a_sentence_naming_it():
     """"What does error BH-3320 mean?": the model described the neighbouring row ("The bank refused the charge" is
     BH-3310), a sentence with no figure to check; the first sentence must name the code, else the quote answers."""
