@@ -263,7 +263,8 @@ class GuardedReply:
             if len(parts) == QUOTE_K:
                 break
             share = RUNNER_UP if e.source == best.source else RUNNER_UP_OTHER
-            if (e.score < share * best.score and not e.part) or any(_overlap(e, p) for p in parts):
+            entry = e.source == best.source and _entry(e) is not None and _entry(e) == _entry(best)
+            if (e.score < share * best.score and not e.part and not entry) or any(_overlap(e, p) for p in parts):
                 continue
             if _ROW.match(e.text) and any(_ROW.match(p.text) for p in parts):
                 continue  # sibling table rows are alternatives, not parts of one answer
@@ -281,6 +282,14 @@ class GuardedReply:
         if not head.strip():
             return f"{self.marker} {quote}" if self.marker else quote
         return ("" if head.endswith((" ", "\n")) else " ") + quote
+
+
+def _entry(e: Evidence) -> str | None:
+    """The code an entry of a code table opens with ("BH-7230  Port 25 blocked. Outbound SMTP on port 25 is blocked
+    ... Ask support to unblock it after 60 days, or send mail through port 587."): its sentences are one answer, what
+    the code means and what to do, and are quoted together whatever their scores."""
+    m = re.match(r"([A-Za-z]{1,5}-\d{2,})\b", e.text)
+    return m.group(1) if m else None
 
 
 def _bare(sentence: str) -> list[str]:

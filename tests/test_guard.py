@@ -413,6 +413,17 @@ def test_each_part_of_a_two_part_question_gets_its_answer_quoted():
     assert "90 days" in text and "AES-256" in text
 
 
+def test_a_code_entry_is_quoted_whole():
+    """An error code's entry says what it means and what to do: the remedy scored under the runner-up share."""
+    errors = Source("error-codes.txt", "Errors > Networking", None, "c17", 0.6, text=(
+        "Errors > Networking\nBH-7001  Too many requests. Slow down and retry after the Retry-After header.\n"
+        "BH-7230  Port 25 blocked. Outbound SMTP on port 25 is blocked on new accounts to stop spam. Ask support to "
+        "unblock it after 60 days of good standing, or send mail through port 587 with an email provider."))
+    text, _, _ = run("Outgoing mail from my new server never leaves, SMTP on port 25 just times out. Is something "
+                     "blocking it?", "Ahoy!", sources=(errors,))
+    assert "blocked on new accounts" in text and "587" in text and "Too many requests" not in text
+
+
 def test_the_questions_own_figures_state_nothing():
     """"Does v1 still work?" answered "The v1 endpoints are still working": the reply's "v1" is the question's, and the
     evidence ("v1 was retired ... answers 410 Gone") is not stated, so the quote answers."""
