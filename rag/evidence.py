@@ -109,28 +109,6 @@ def question_parts(question: str) -> list[str]:
     return parts if len(parts) > 1 else [question]
 
 
-# questions that ask for a way to reach someone or for someone's name, and the shape of the answer: when no retrieved
-# source holds that shape, the documents cannot answer ("the Lisbon office's phone number" when only Halifax's is
-# written down). Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare
-# public address") ask no number, and only "the name of" a role asks for a person's name.
-_CONTACT_ASKS = [
-    (re.compile(r"\b(?:phone|telephone|fax) number|\bnumber (?:to|do i|should i|can i) (?:call|dial|ring)|\bdial\b",
-                re.I), _PHONE),
-    (_ASKS_EMAIL, _EMAIL),
-    (re.compile(r"\b(?:street|postal|mailing|visiting|office) address|(?<!ip )(?<!public )(?<!floating )"
-                r"\baddress of (?:the|your)\b", re.I), _STREET),
-    (re.compile(rf"\bname of (?:the|your|my|our) (?:[a-z-]+ ){{0,3}}{_ROLE}", re.I), _PERSON),
-]
-
-
-def missing_contact(question: str, texts: Sequence[str]) -> bool:
-    """True when the question asks for a phone number, an e-mail address, a street address or the name of someone in a
-    role, and none of the texts holds one: the score gate lets "What's the phone number of the Lisbon office?" through
-    on the office's page."""
-    shapes = [has for ask, has in _CONTACT_ASKS if ask.search(question)]
-    return bool(shapes) and not any(has.search(t) for has in shapes for t in texts)
-
-
 _WHICH = re.compile(r"\b(?:which|what)(?:'s| is| are)?(?: the| a| an)? ([a-z]+(?: [a-z]+)?)\b", re.I)
 
 

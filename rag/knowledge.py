@@ -112,7 +112,7 @@ class KnowledgeBase:
         be irrelevant citations). A question that asks to list a table's rows gets the whole table (see _table);
         `listing=False` for a follow-up's query made of several turns."""
         from rag.claims import unknown_codes
-        from rag.evidence import missing_contact
+        from rag.answerable import missing_contact
 
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
@@ -157,7 +157,14 @@ class KnowledgeBase:
         # only the last turn alone asks to list: "Which regions do you have?" before "and the German one's partner?"
         queries = search_queries(messages, self.cfg.follow_up_turns)
         tries = [self.retrieve(q, listing=n == 0) for n, q in enumerate(queries)]
-        return max(tries, key=lambda r: r.confidence)  # the first on a tie: the last turn alone
+        best = max(tries, key=lambda r: r.confidence)  # the first on a tie: the last turn alone
+        if best is tries[0] and len(tries) > 1 and not best.refused:
+            from rag.answerable import missing_contact
+
+            # "and the lisbon office?" after "What's the Halifax office's phone number?" asks for a phone number too
+            if missing_contact(queries[0], [s.text for s in best.sources], asked=queries[1]):
+                return Retrieval(question=best.question, sources=[], confidence=best.confidence, refused=True)
+        return best
 
     def build_messages(self, messages: list[dict], retrieval: Retrieval) -> list[dict]:
         """The grounded chat messages for the LLM (rag/grounding.py decides the layout, for serving and training)."""

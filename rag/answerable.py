@@ -1,0 +1,77 @@
+"""Whether the retrieved sources can answer what a question asks for, when it asks for a way to reach someone or for
+someone's name: the gate's score says the sources are about the question, not that they hold the fact.
+
+- A phone number, an e-mail address or a street address must be written in a source, and in one that names the
+  place or thing the question names: "What's the phone number for the Singapore office reception?" passes the score
+  gate on the office page, which writes Halifax's reception phone and none for Singapore.
+- A person asked for by role ("the name of the data-protection officer", "who is your chief marketing officer?") must
+  be written in a sentence that names that role: the documents say the data-protection officer sits in Lisbon and list
+  the executives by name, which answers neither.
+
+Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare public address")
+ask for no number."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from rag.claims import STOP_WORDS, WORD
+from rag.evidence import _ASKS_EMAIL, _EMAIL, _PERSON, _PHONE, _ROLE, _STREET
+from rag.retrieve import asking_part
+from rag.sentences import split_sentences
+
+# what asks for a way to reach someone -> its shape in a source
+_CONTACT_ASKS = [
+    (re.compile(r"\b(?:phone|telephone|fax) number|\bnumber (?:to|do i|should i|can i) (?:call|dial|ring)|\bdial\b",
+                re.I), _PHONE),
+    (_ASKS_EMAIL, _EMAIL),
+    (re.compile(r"\b(?:street|postal|mailing|visiting|office) address|(?<!ip )(?<!public )(?<!floating )"
+                r"\baddress of (?:the|your)\b", re.I), _STREET),
+]
+# "the name of the technical account manager", "who is Byte Harbor's chief marketing officer?": the role's words (a
+# "who" names the role with a word before it: "who is the owner?" asks what the owner role is)
+_ROLE_ASK = re.compile(rf"\bname of\s+(?:(?:the|your|our|my|their)\s+)?((?:[a-z-]+\s+){{0,3}}?{_ROLE})|"
+                       rf"\bwho(?:'s|’s|\s+is|\s+are|\s+was)\s+(?:(?:the|your|our|my|their)\s+)?"
+                       rf"(?:[A-Z][\w-]*(?:\s[A-Z][\w-]*)*['’]s\s+)?"
+                       rf"((?:(?!(?:the|a|an|your|our|my|their)\s)[a-z-]+\s+){{1,3}}?{_ROLE})", re.I)
+# a word a source writes capitalised inside a line: a name ("the Singapore office", "Address: ..., Singapore 098412")
+_NAME_IN_LINE = re.compile(r"(?<=[a-z0-9,;:)] )[A-Z][a-z]{2,}")
+
+
+def missing_contact(question: str, texts: Sequence[str], asked: str | None = None) -> bool:
+    """True when the question asks for a phone number, an e-mail address, a street address or a person by role and no
+    source holds one for what the question names (see the module doc). `asked`: the text whose asks count when it is
+    not the question itself: a follow-up's turns together ("What's Halifax's phone number?", "and the lisbon
+    office?" asks for Lisbon's phone number)."""
+    asking = asking_part(question)
+    shapes = [has for ask, has in _CONTACT_ASKS if ask.search(asked or question)]
+    if shapes:
+        holders = [t for t in texts if any(has.search(t) for has in shapes)]
+        subjects = _subjects(asking, texts)
+        if not any(all(_holds_word(t, w) for w in subjects) for t in holders):
+            return True
+    role = _ROLE_ASK.search(asking)
+    return bool(role) and not any(_names_role(s, role.group(1) or role.group(2)) for t in texts
+                                  for s in split_sentences(t))
+
+
+def _subjects(question: str, texts: Sequence[str]) -> set[str]:
+    """The words of the question that the sources write as names ("singapore" in "the singapore office's number"):
+    the source holding the asked shape must name them too."""
+    names = {m.group(0).lower() for t in texts for m in _NAME_IN_LINE.finditer(t)}
+    return {w for w in WORD.findall(question.lower()) if w in names and w not in STOP_WORDS}
+
+
+def _names_role(sentence: str, role: str) -> bool:
+    """A sentence that writes a person's name and the role's words (a 5-letter prefix each: "finance officer" ~
+    "Chief Financial Officer")."""
+    if not _PERSON.search(_STREET.sub(" ", sentence)):  # "Rua da Ribeira Nova 42" is no person
+        return False
+    words = [w for w in re.split(r"[\s-]+", role.lower()) if w and w not in STOP_WORDS]
+    return all(_holds_word(sentence, w[:5]) for w in words)
+
+
+def _holds_word(text: str, word: str) -> bool:
+    """Whether the text holds a word starting with `word` (case-insensitive)."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(word)}", text.lower()) is not None
