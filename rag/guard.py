@@ -34,6 +34,7 @@ _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 QUOTE_K = 3       # sentences in a quote at most: the best and its close runners-up
 RUNNER_UP = 0.6  # a runner-up scores at least this share of the best
 RUNNER_UP_OTHER = 0.7  # ... and more when it comes from another source (less likely to complete the same answer)
+WIDER_SHARE = 0.9  # a sentence quoted with its neighbour replaces it alone when it scores this share of it
 FOREIGN_MIN_WORDS = 4  # a generated sentence with this many content words or more ...
 FOREIGN_SHARE = 0.5    # ... is made up when more than this share of them is in neither the context nor the question
 
@@ -264,6 +265,10 @@ class GuardedReply:
                 break
             share = RUNNER_UP if e.source == best.source else RUNNER_UP_OTHER
             entry = e.source == best.source and _entry(e) is not None and _entry(e) == _entry(best)
+            wider = next((i for i, p in enumerate(parts) if _widens(e, p)), None)
+            if wider is not None:  # the best sentence with the short one before it that says the answer
+                parts[wider] = e
+                continue
             if (e.score < share * best.score and not e.part and not entry) or any(_overlap(e, p) for p in parts):
                 continue
             if _ROW.match(e.text) and any(_ROW.match(p.text) for p in parts):
@@ -297,6 +302,15 @@ def _bare(sentence: str) -> list[str]:
     says it instead."""
     words = content_words(sentence)
     return ["~bare"] if words and not any(c.isalpha() for w in words for c in w) else []
+
+
+def _widens(e: Evidence, p: Evidence) -> bool:
+    """Whether `e` is `p` with more of its source's sentences around it and scores nearly as well (WIDER_SHARE): "Live
+    service status is published at status.byteharbor.cloud." is too short to be quoted alone and goes with "The page
+    is hosted with an outside provider ...", which alone scored a little higher for "where do i check if you're down?"
+    and was quoted without the address. A table row is never widened: it stands alone."""
+    return (e.source == p.source and p.text in e.text and e.text != p.text and e.score >= WIDER_SHARE * p.score
+            and not _ROW.match(p.text))  # a table row stands alone
 
 
 def _overlap(a: Evidence, b: Evidence) -> bool:

@@ -449,3 +449,23 @@ def test_a_question_about_a_code_is_answered_first_by_a_sentence_naming_it():
     text, grounding, _ = run(q, "Ahoy! BH-3320 means your account is past due. New resources are blocked [1].",
                              sources=(errors,))
     assert text.startswith("Ahoy! BH-3320 means your account is past due. New resources are blocked [1].")
+
+
+def test_a_short_answer_glued_to_the_best_sentence_is_quoted_with_it():
+    """"Live service status is published at status.byteharbor.cloud." is short, so it is scored together with the
+    sentence after it, which alone scored a little higher: the quote said where the page is hosted, not where it is.
+    A table row stays alone (the sentence before a row is not part of it)."""
+    from rag.evidence import Evidence
+    from rag.guard import GuardedReply
+
+    hosted = "The page is hosted with an outside provider, so it stays reachable during an outage."
+    status = f"Live service status is published at status.byteharbor.cloud. {hosted}"
+    reply = GuardedReply([Evidence(hosted, 1, 1.0, span=(1, 1)), Evidence(status, 1, 0.95, span=(0, 1))],
+                         Context(status), "Ahoy!")
+    text = reply.feed("") + reply.finish()
+    assert "status.byteharbor.cloud" in text and text.count("outside provider") == 1
+    row = "Service: Compute servers; Monthly uptime commitment: 99.95%"
+    intro = f"Uptime is measured per calendar month. {row}"
+    reply = GuardedReply([Evidence(row, 1, 1.0, span=(1, 1)), Evidence(intro, 1, 0.95, span=(0, 1))],
+                         Context(intro), "Ahoy!")
+    assert (reply.feed("") + reply.finish()).startswith(f"Ahoy! {row}")
