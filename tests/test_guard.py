@@ -469,3 +469,19 @@ def test_a_short_answer_glued_to_the_best_sentence_is_quoted_with_it():
     reply = GuardedReply([Evidence(row, 1, 1.0, span=(1, 1)), Evidence(intro, 1, 0.95, span=(0, 1))],
                          Context(intro), "Ahoy!")
     assert (reply.feed("") + reply.finish()).startswith(f"Ahoy! {row}")
+
+
+def test_the_sentence_holding_the_figure_the_question_names_leads():
+    """"my script keeps getting 429 errors ... how long am I supposed to wait?" asks about the 429: the sentence that
+    holds it (the Retry-After header) answers, not the one carrying a duration ("suspended for one hour") that a
+    "how long" otherwise puts first."""
+    limits = Source("api-rate-limits.html", "API > Rate limits", None, "c13", 0.5, text=(
+        "API > Rate limits\nClients that keep sending requests while limited for more than 10 minutes have their "
+        "token suspended for one hour.\nWhen a limit is exceeded, the API answers HTTP 429 Too Many Requests with a "
+        "Retry-After header giving the number of seconds to wait."))
+    q = "my script keeps getting 429 errors from the api. how long am I supposed to wait before retrying?"
+    # the embedder finds the 429 sentence closest, the suspension one close behind (as MiniLM did: 0.73 and 0.68)
+    def embed(texts):
+        return [[1.0, 0.0] if "429" in t else [0.8, 0.6] for t in texts]
+
+    assert "Retry-After" in Guard(embed=embed).evidence(q, [limits])[0].text
