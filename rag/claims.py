@@ -101,7 +101,21 @@ def unknown_codes(question: str, texts: list[str]) -> list[str]:
     the texts holds. Retrieval ranks BH-5099 next to the documented BH-5017, so the score gate cannot tell them apart;
     the exact string can."""
     flat = flat_text("\n".join(texts))
-    return [c for c in question_codes(question) if c not in flat]
+    return [c for c in question_codes(question) if not holds_code(flat, c)]
+
+
+def holds_code(flat: str, code: str) -> bool:
+    """Whether a flat_text() holds a code as written or in pieces (_held_apart)."""
+    return code in flat or _held_apart(code, flat)
+
+
+def _held_apart(code: str, flat: str) -> bool:
+    """A code the sources write in pieces: a path whose parts they hold ("api.byteharbor.cloud/v1": the host and "v1"),
+    or a word glued to its number with a short gap between them in the sources ("iso27001": "ISO/IEC 27001")."""
+    if "/" in code:
+        return all(p in flat for p in code.split("/") if p)
+    m = re.fullmatch(r"([a-z]{2,})(\d{2,})", code)
+    return m is not None and re.search(rf"{m.group(1)}\D{{1,5}}{m.group(2)}(?!\d)", flat) is not None
 
 
 def question_codes(question: str) -> list[str]:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rag.bm25_index import bm25_tokens  # noqa: F401  (re-exported: callers import it from here)
-from rag.claims import flat_text, question_codes
+from rag.claims import flat_text, holds_code, question_codes
 from rag.store import Hit, Store
 from rag.types import Source
 
@@ -152,6 +152,8 @@ class Retriever:
             for t in bm25_tokens(w):
                 if t.isdigit() or _has_prefix(vocab, t, whole) or (w.isupper() and t in prefixed):  # "ip55" ~ "IP",
                     continue  # "vcpu" ~ "CPU"
+                if _known_pieces(t, vocab):  # "soc2" ~ "SOC 2", "iso27001" ~ "ISO/IEC 27001", "429s" ~ "429"
+                    continue
                 missing.append(t)
         if not missing:  # each word is known, but is the name they make? "Chief Operating Officer", "Windows Server"
             for phrase in name_phrases(question):
@@ -308,6 +310,17 @@ def _spelled_out(acronym: str, text: str, capitals: bool = False) -> str | None:
     return " ".join(m.group(0).lower().split()) if m else None
 
 
+def _known_pieces(token: str, vocab: list[str]) -> bool:
+    """A token of letters and digits written together that the documents write apart: each run of letters is a known
+    word ("soc2": "SOC 2", "iso27001": "ISO/IEC 27001"), or a number's plural ("429s"). A single letter is no word
+    ("t3" stays unknown)."""
+    if re.fullmatch(r"\d+s", token):
+        return True
+    letters = re.findall(r"[a-z]+", token)
+    return (bool(letters) and token != "".join(letters)
+            and all(len(x) >= 2 and _has_prefix(vocab, x, whole=True) for x in letters))
+
+
 def _in_sorted(vocab: list[str], token: str) -> bool:
     i = bisect.bisect_left(vocab, token)
     return i < len(vocab) and vocab[i] == token
@@ -351,7 +364,7 @@ def _pin_codes(question: str, hits: list[Hit], k: int) -> list[Hit]:
     flat = [flat_text(h.text) for h in hits]
     pinned: list[Hit] = []
     for code in codes:
-        holder = next((h for h, f in zip(hits, flat) if code in f), None)
+        holder = next((h for h, f in zip(hits, flat) if holds_code(f, code)), None)
         if holder is not None and holder not in pinned:
             pinned.append(holder)
     if not pinned:

@@ -303,6 +303,14 @@ def test_a_code_the_documents_do_not_hold_is_unknown():
     assert unknown_codes("What does error BH-5099 mean?", docs) == ["bh-5099"]
     assert unknown_codes("What does error BH-5017 mean?", docs) == []
     assert unknown_codes("Is fra1 in Germany? I run an 8-core box.", docs) == []  # "8-core" is no code
+    # written in pieces: a word glued to its number, a path whose host and version the documents write apart
+    docs += ["The company became ISO/IEC 27001 certified.", "Use https://api.byteharbor.cloud/v2/. Version v1 was "
+             "retired."]
+    assert unknown_codes("Are you ISO27001 certified?", docs) == []
+    assert unknown_codes("Are you ISO27002 certified?", docs) == ["iso27002"]
+    assert unknown_codes("My script calls api.byteharbor.cloud/v1, why 410?", docs) == []
+    assert unknown_codes("What's at api.byteharbor.cloud/v7?", docs) == ["api.byteharbor.cloud/v7"]
+    assert unknown_codes("What is the fra9 region?", docs) == ["fra9"]
 
 
 def test_a_sentence_reciting_the_grounding_rules_is_dropped_and_the_answer_goes_on():

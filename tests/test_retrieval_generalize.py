@@ -139,6 +139,10 @@ def test_described_not_named_questions_find_their_document(demo_kb):
     # an acronym the documents write with a letter before it (vCPU) is known; a name is not matched that way
     assert demo_kb.retriever.unknown_names("Which plan has CPU cores that are all mine?") == []
     assert demo_kb.retriever.unknown_names("Do you sell GPU servers?") == ["gpu"]
+    # a word glued to a number the documents write apart ("SOC 2", "ISO/IEC 27001"), a number's plural: known; a
+    # single letter and a number ("t3") is no word of theirs
+    assert demo_kb.retriever.unknown_names("are you soc2 compliant? Or ISO27001? my client gets 429s") == []
+    assert demo_kb.retriever.unknown_names("How much is a g5 box?") == ["g5"]
     # every word is known but the name they make is not ("Windows" and "Server" each occur in the documents)
     assert demo_kb.retriever.unknown_names("How much does a Windows Server license add to my bill?") == [
         "windows server"]
