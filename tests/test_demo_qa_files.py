@@ -13,8 +13,8 @@ from rag.evaluate import load_qa
 from rag.loaders import load_file
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "captain-byte"
-DEV_SPLITS = ["qa.jsonl", "qa_dev2.jsonl", "qa_dev3_followups.jsonl", "qa_dev4.jsonl", "qa_paraphrases.jsonl",
-              "train_qa.jsonl"]
+DEV_SPLITS = ["qa.jsonl", "qa_dev2.jsonl", "qa_dev3_followups.jsonl", "qa_dev4.jsonl", "qa_dev5.jsonl",
+              "qa_paraphrases.jsonl", "train_qa.jsonl"]
 
 
 def _flat(text: str) -> str:
