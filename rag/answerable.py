@@ -45,24 +45,15 @@ def missing_contact(question: str, texts: Sequence[str], asked: str | None = Non
     not the question itself: a follow-up's turns together ("What's Halifax's phone number?", "and the lisbon
     office?" asks for Lisbon's phone number)."""
     asking = asking_part(question)
-    shapes = asked_shapes(asked or question)
+    shapes = [has for ask, has in _CONTACT_ASKS if ask.search(asked or question)]
     if shapes:
-        holders = [t for t in texts if holds_shape(t, shapes)]
+        holders = [t for t in texts if any(has.search(t) for has in shapes)]
         subjects = _subjects(asking, texts)
         if not any(all(_holds_word(t, w) for w in subjects) for t in holders):
             return True
     role = _ROLE_ASK.search(asking)
     return bool(role) and not any(_names_role(s, role.group(1) or role.group(2)) for t in texts
                                   for s in split_sentences(t))
-
-
-def asked_shapes(question: str) -> list[re.Pattern]:
-    """The shapes of what the question asks for: a phone number, an e-mail address, a street address ([] for none)."""
-    return [has for ask, has in _CONTACT_ASKS if ask.search(question)]
-
-
-def holds_shape(text: str, shapes: Sequence[re.Pattern]) -> bool:
-    return any(has.search(text) for has in shapes)
 
 
 def _subjects(question: str, texts: Sequence[str]) -> set[str]:

@@ -116,7 +116,6 @@ class KnowledgeBase:
 
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
-        ranked += self._shape_holder(question, ranked)
         table, listed = self._table(question) if listing else ([], False)
         if table:  # "which regions can I deploy in?": the whole table, first; "the 4-core box": after the others
             rest = [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
@@ -130,23 +129,6 @@ class KnowledgeBase:
             sources, refused = [], True  # "error BH-5099" when only BH-5017 is documented: nothing to answer from
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused)
-
-    def _shape_holder(self, question: str, ranked: list[Source]) -> list[Source]:
-        """For a question asking for an e-mail address, a phone number or a street address that none of the ranked
-        sources writes, the best-ranked of TABLE_POOL candidates that writes one (scored at least the gate's threshold,
-        so it is kept): "What is the support email address?" found the onboarding guide's "Verify your email" and the
-        mailing address first; the support channels' "help@byteharbor.cloud" ranked 7th."""
-        from dataclasses import replace
-
-        from rag.answerable import asked_shapes, holds_shape
-
-        shapes = asked_shapes(question)
-        if not shapes or not ranked or any(holds_shape(s.text, shapes) for s in ranked):
-            return []
-        seen = {s.chunk_id for s in ranked}
-        holder = next((s for s in self.search(question, k=TABLE_POOL)
-                       if s.chunk_id not in seen and holds_shape(s.text, shapes)), None)
-        return [] if holder is None else [replace(holder, score=max(holder.score, self.cfg.min_score))]
 
     def _table(self, question: str) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
