@@ -143,9 +143,6 @@ def test_described_not_named_questions_find_their_document(demo_kb):
     # single letter and a number ("t3") is no word of theirs
     assert demo_kb.retriever.unknown_names("are you soc2 compliant? Or ISO27001? my client gets 429s") == []
     assert demo_kb.retriever.unknown_names("How much is a g5 box?") == ["g5"]
-    # a name typed in lower case: a word in neither the documents nor the dictionary
-    assert demo_kb.retriever.unknown_names("is there a managed kubernetes service?") == ["kubernetes"]
-    assert demo_kb.retriever.unknown_names("my server is flaky, whats the headcount of ur support team?") == []
     # every word is known but the name they make is not ("Windows" and "Server" each occur in the documents)
     assert demo_kb.retriever.unknown_names("How much does a Windows Server license add to my bill?") == [
         "windows server"]
