@@ -45,6 +45,7 @@ from rag.store import Hit, Store
 from rag.types import Source
 
 RRF_K = 60
+DENSE_MARGIN = 0.1  # see _lift_closest
 
 
 class Retriever:
@@ -85,6 +86,8 @@ class Retriever:
             hits = self._lift(hits, best, lexical, qvec, n)
         if self.rerank_path:
             hits = self._rerank(question, hits)
+        if self.hybrid and not self.rerank_path:
+            hits = _lift_closest(hits, k)
         hits = _pin_codes(question, hits, k)[:k]
         if self.unknown_name_factor < 1.0 and hits and self.unknown_names(question):
             for h in hits:
@@ -323,6 +326,19 @@ def _dots(qvec: list[float], embeddings) -> list[float]:
         embs = embs.astype(np.float64)
     prods = np.asarray(qvec, dtype=embs.dtype) * embs
     return [float(x) for x in np.cumsum(prods, axis=1, dtype=embs.dtype)[:, -1]]
+
+
+def _lift_closest(hits: list[Hit], k: int) -> list[Hit]:
+    """The candidate the embedder finds far closer to the question (DENSE_MARGIN of cosine) than every chunk of the
+    fused top k goes first: BM25's votes ranked a chunk of loose word matches first ("whats the cheapest server u guys
+    sell": the SLA's worked example, "A customer runs two Schooner servers", cosine 0.34) and the plans' table, at
+    0.54, sixth. Dev quote-only: 1 more answer holds, 3 more hit@3, none lost; held-out: qa_heldout2 holds 36 -> 39,
+    qa_heldout 42 -> 41."""
+    if len(hits) <= k:
+        return hits
+    top = max(h.score for h in hits[:k])
+    best = max(hits[k:], key=lambda h: h.score)
+    return [best, *(h for h in hits if h is not best)] if best.score >= top + DENSE_MARGIN else hits
 
 
 def _pin_codes(question: str, hits: list[Hit], k: int) -> list[Hit]:

@@ -240,6 +240,20 @@ def test_a_contact_or_person_no_source_holds_for_what_is_named_is_refused(demo_k
     assert not got.refused and any("09:30 to 16:30" in s.text for s in got.sources)
 
 
+def test_the_chunk_the_embedder_finds_far_closer_is_not_outvoted_by_bm25(demo_kb):
+    """BM25's loose word matches ("server", "sell") put the SLA's worked example first for "whats the cheapest server u
+    guys sell" (cosine 0.34) and the plans' table (0.54) sixth: a candidate closer by DENSE_MARGIN goes first."""
+    from rag.retrieve import DENSE_MARGIN, _lift_closest
+    from rag.store import Hit
+
+    top = demo_kb.search("whats the cheapest server u guys sell")[0]
+    assert top.path == "pricing-plans.md" and "Server plans" in (top.section or ""), top
+    hits = [Hit("a", "", {}, 0.34), Hit("b", "", {}, 0.30), Hit("c", "", {}, 0.34 + DENSE_MARGIN + 0.01)]
+    assert [h.id for h in _lift_closest(hits, 2)] == ["c", "a", "b"]
+    hits[2].score = 0.34 + DENSE_MARGIN - 0.01  # close enough: the fused order stands
+    assert [h.id for h in _lift_closest(hits, 2)] == ["a", "b", "c"]
+
+
 def test_a_question_listing_a_table_gets_all_its_rows(demo_kb):
     """"which regions can i deploy servers in?" found the prose about regions, not the region list; "what plans do
     you have?" scored 0.27, under the gate. Both get their table, whole, and the quote lists every row."""
