@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Sequence
 
 from protege.config import AssistantConfig, KnowledgeConfig
 from protege.errors import ProtegeError
@@ -116,7 +117,7 @@ class KnowledgeBase:
 
         ranked = self.search(question)
         confidence = max((s.score for s in ranked), default=0.0)
-        table, listed = self._table(question) if listing else ([], False)
+        table, listed = self._table(question, ranked) if listing else ([], False)
         if table:  # "which regions can I deploy in?": the whole table, first; "the 4-core box": after the others
             rest = [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
             ranked = table + rest if listed else rest + table
@@ -130,7 +131,7 @@ class KnowledgeBase:
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused)
 
-    def _table(self, question: str) -> tuple[list[Source], bool]:
+    def _table(self, question: str, ranked: Sequence[Source] = ()) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
         row holding a value the question names ("the 4-core box"), and False; ([], False) for other questions. A table
         counts when one of its chunks is among the question's TABLE_NEAR best (it is about what is asked: "what plans
@@ -140,10 +141,11 @@ class KnowledgeBase:
 
         index = self.retriever.tables()
         listing = index.asked(question)
-        tables = listing or index.valued(question)
+        tables = listing or index.valued(question) or index.priced(question)
         if not tables or self.retriever.unknown_names(question):
             return [], False
         near = {s.chunk_id: s.score for s in self.search(question, k=TABLE_POOL)[:TABLE_NEAR]}
+        near.update({s.chunk_id: s.score for s in ranked})  # the top k's order can differ (Retriever._lift_closest)
         for table in tables:
             if any(c in near for c in table.chunk_ids) and len(table.chunk_ids) <= TABLE_CHUNKS:
                 got = {cid: (text, meta) for cid, text, meta, _ in self.store.by_ids(table.chunk_ids)}

@@ -254,6 +254,17 @@ def test_the_chunk_the_embedder_finds_far_closer_is_not_outvoted_by_bm25(demo_kb
     assert [h.id for h in _lift_closest(hits, 2)] == ["a", "b", "c"]
 
 
+def test_the_cheapest_is_found_among_all_the_rows_of_the_price_table(demo_kb):
+    """"whats the cheapest server i can get" found the plans' chunk with the Schooner and the Galleon, and the quote
+    opened with the Galleon's row ($88): a question for the cheapest or the dearest gets every chunk of a table whose
+    rows all have a price (one of them found), and the rows are compared."""
+    for q, plan in (("whats the cheapest server i can get and what do i get for it", "Dinghy"),
+                    ("which of your server plans is the most expensive?", "Galleon")):
+        r = demo_kb.retrieve(q)
+        assert not r.refused and any("Plan: Dinghy" in s.text for s in r.sources), q
+        assert f"Plan: {plan}" in demo_kb.guard.evidence(r.question, r.sources)[0].text, q
+
+
 def test_a_question_listing_a_table_gets_all_its_rows(demo_kb):
     """"which regions can i deploy servers in?" found the prose about regions, not the region list; "what plans do
     you have?" scored 0.27, under the gate. Both get their table, whole, and the quote lists every row."""
