@@ -133,7 +133,8 @@ class KnowledgeBase:
 
     def _table(self, question: str, ranked: Sequence[Source] = ()) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
-        row holding a value the question names ("the 4-core box"), and False; ([], False) for other questions. A table
+        row holding a value the question names ("the 4-core box"), or with a price in every row for a question asking
+        for the cheapest or the dearest, and False; ([], False) for other questions. A table
         counts when one of its chunks is among the question's TABLE_NEAR best (it is about what is asked: "what plans
         do you have?" finds the plans' table second, under the gate) and the question names nothing the documents
         lack ("which plans come with a GPU?"). At most TABLE_CHUNKS chunks: a longer table is not read whole."""
