@@ -120,6 +120,23 @@ def asked_kinds(question: str) -> list[re.Pattern]:
     return first + [has for ask, has in _ASKS if ask.search(question) and has not in first]
 
 
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
+_BELOW = re.compile(r"\b(?:below|under|less than|lower than)\s+(\d+(?:\.\d+)?)\s?%", re.I)
+_ABOVE = re.compile(r"\b(?:at least|above|over|more than)\s+(\d+(?:\.\d+)?)\s?%", re.I)
+
+
+def _in_band(text: str, value: float) -> bool:
+    """Whether a sentence of the text states a band of percentages that holds the value ("Uptime below 99.0% but at
+    least 95.0%: 25% credit" for "my monitoring says 97% uptime, what do I get back?"); a bound of one side alone counts
+    too. Each sentence alone: a short line is quoted with the next, which states the next band."""
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        below = [float(x) for x in _BELOW.findall(sentence)]
+        above = [float(x) for x in _ABOVE.findall(sentence)]
+        if (below or above) and all(value < b for b in below) and all(value >= a for a in above):
+            return True
+    return False
+
+
 def _extreme_row(question: str, evidence: list[Evidence]) -> Evidence | None:
     """Questions about the extreme of a table ("Which region opened last?") are answered by comparing its rows: the
     row whose year (or price) is the largest or smallest, among rows of the same table (the same keys)."""
@@ -266,6 +283,7 @@ class EvidenceRanker:
         # a figure the question names ("my script keeps getting 429 errors"): a sentence holding it is about what is
         # asked, as one carrying the kind asked for is ("how long": "suspended for one hour")
         named = {n for n in claims(question).numbers if len(n) >= 3}
+        shares = [float(x) for x in _PERCENT.findall(question)]  # "97% uptime": the band of a table that holds it
         # a sentence is embedded (and its words counted) under its chunk's heading ("Security > Encryption: Keys are
         # rotated every 90 days."): what it is about is often only in the heading (ev1 on dev 0.77 -> 0.82, dev2
         # 0.62 -> 0.67)
@@ -289,7 +307,8 @@ class EvidenceRanker:
         # relevant as the best (a kind is found by its shape: "the European Union" looks like a person's name)
         top_score = max((e.score for e in scored), default=0.0)
         for e in scored:
-            e.primary = e.primary and e.score >= PRIMARY_SHARE * top_score
+            # a band holding the value the question names is no look-alike: it goes first whatever its score
+            e.primary = (e.primary and e.score >= PRIMARY_SHARE * top_score) or any(_in_band(e.text, v) for v in shares)
         scored.sort(key=lambda e: (-e.primary, -e.score))
         top = _extreme_row(question, scored)
         if top is not None:  # "the newest region", "the cheapest plan": the table row that holds the extreme value

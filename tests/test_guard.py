@@ -493,3 +493,21 @@ def test_the_sentence_holding_the_figure_the_question_names_leads():
         return [[1.0, 0.0] if "429" in t else [0.8, 0.6] for t in texts]
 
     assert "Retry-After" in Guard(embed=embed).evidence(q, [limits])[0].text
+
+
+def test_the_band_holding_the_value_the_question_names_answers():
+    """"your monitoring says 97% uptime. What do I get back for that?": the band "below 99.0% but at least 95.0%"
+    holds 97%, so its credit answers, not the sentence that repeats an uptime ("fra1 compute uptime is 98.7%"); the
+    bands that do not hold it ("below 95.0%", "at least 99.0%") are no answer."""
+    from rag.evidence import _in_band
+
+    sla = Source("sla-and-credits.md", "SLA > Service credits", None, "c14", 0.5, text=(
+        "SLA > Service credits\nIn March, fra1 compute uptime is 98.7% because of a network fault at the monitoring "
+        "site.\n- Uptime below the commitment but at least 99.0%: 10% credit.\n- Uptime below 99.0% but at least "
+        "95.0%: 25% credit.\n- Uptime below 95.0%: 50% credit."))
+    q = "Frankfurt compute was really flaky last month, your monitoring says 97% uptime. What do I get back for that?"
+    assert "25% credit" in Guard(embed=None).evidence(q, [sla])[0].text
+    assert _in_band("Uptime below 99.0% but at least 95.0%: 25% credit.", 97.0)
+    assert not _in_band("Uptime below 95.0%: 50% credit.", 97.0)
+    assert not _in_band("Uptime below the commitment but at least 99.0%: 10% credit.", 97.0)
+    assert not _in_band("Uptime is 98.7% in March.", 97.0)  # no band at all
