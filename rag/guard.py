@@ -310,7 +310,7 @@ def _widens(e: Evidence, p: Evidence) -> bool:
     is hosted with an outside provider ...", which alone scored a little higher for "where do i check if you're down?"
     and was quoted without the address. A table row is never widened: it stands alone."""
     return (e.source == p.source and p.text in e.text and e.text != p.text and e.score >= WIDER_SHARE * p.score
-            and not _ROW.match(p.text))  # a table row stands alone
+            and not _ROW.match(p.text))
 
 
 def _overlap(a: Evidence, b: Evidence) -> bool:

@@ -131,7 +131,7 @@ class KnowledgeBase:
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused)
 
-    def _table(self, question: str, ranked: Sequence[Source] = ()) -> tuple[list[Source], bool]:
+    def _table(self, question: str, ranked: Sequence[Source]) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
         row holding a value the question names ("the 4-core box"), or with a price in every row for a question asking
         for the cheapest or the dearest, and False; ([], False) for other questions. A table

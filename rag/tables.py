@@ -38,12 +38,15 @@ class Table:
         return words[0] if words else ""
 
 
+# the superlatives that can only compare prices (not "smallest" or "largest": page sizes, staff, funding rounds)
+_CHEAPEST = r"cheapest|least expensive|lowest[- ]priced"
+_DEAREST = r"most expensive|priciest"
 # a question about the extreme of a table: (what it says, which values compare, True: the largest wins)
 SUPERLATIVES = [
     (re.compile(r"\b(newest|latest|most recent(?:ly)?|youngest)\b", re.I), "year", True),
     (re.compile(r"\b(oldest|first|earliest)\b", re.I), "year", False),
-    (re.compile(r"\b(cheapest|least expensive|lowest[- ]priced|smallest|entry[- ]level)\b", re.I), "money", False),
-    (re.compile(r"\b(most expensive|priciest|biggest|largest|top[- ]tier)\b", re.I), "money", True),
+    (re.compile(rf"\b({_CHEAPEST}|smallest|entry[- ]level)\b", re.I), "money", False),
+    (re.compile(rf"\b({_DEAREST}|biggest|largest|top[- ]tier)\b", re.I), "money", True),
 ]
 _VALUE = {"year": re.compile(r"(19|20)\d\d"), "money": re.compile(r"[$€£]\d[\d,]*(\.\d+)?")}
 
@@ -113,7 +116,6 @@ class TableIndex:
         asked = question_quantities(question)
         return [t for t in self.tables if asked and any(holds_quantity(r, asked) for r in t.rows)]
 
-
     def priced(self, question: str) -> list[Table]:
         """The tables with a price in every row, for a question asking for the cheapest or the dearest ("whats the
         cheapest server u guys sell"): the extreme row is found by comparing all of them, and a chunk of the table
@@ -123,8 +125,7 @@ class TableIndex:
         return [t for t in self.tables if all(row_value(r, "money") is not None for r in t.rows)]
 
 
-# a superlative that can only compare prices (not "smallest" or "largest": page sizes, staff, funding rounds)
-_PRICE_EXTREME = re.compile(r"\b(cheapest|least expensive|lowest[- ]priced|most expensive|priciest|dearest)\b", re.I)
+_PRICE_EXTREME = re.compile(rf"\b({_CHEAPEST}|{_DEAREST}|dearest)\b", re.I)
 
 
 def row_numbers(row: str) -> set[str]:
