@@ -73,6 +73,7 @@ RANK_WEIGHT = 0.15  # the chunk ranking (hybrid, gated) is steadier than one sen
 PRIMARY_SHARE = 0.8  # a sentence carrying the kind asked for goes first only when it scores this share of the best
 # (dev quote-only: qa.jsonl 40 -> 41 of 44, dev2 44 -> 43 of 55; with sentence vectors more sources pass the gate, and
 # a spurious kind match in a weak one, "the European Union" for a "who", outranked the answer)
+FOCUS_SHARE = 1.0  # a follow-up's own words count again, as much as all the searched turns' words (see _rank's focus)
 SHORT = 12        # words: a shorter best sentence is quoted with its successor
 _LEANS_BACK = re.compile(r"(it|its|they|their|this|these|that|those|he|she|his|her|for (?:example|instance)|e\.g\.)(?!\w)",
                          re.I)  # "For example, ..." illustrates the sentence before
@@ -231,13 +232,14 @@ class EvidenceRanker:
         self.evidence_k = evidence_k
         self._cache: dict[str, list[float]] = {}
 
-    def rank(self, question: str, sources: Sequence[Source], list_rows: bool = False) -> list[Evidence]:
+    def rank(self, question: str, sources: Sequence[Source], list_rows: bool = False,
+             focus: str | None = None) -> list[Evidence]:
         """Sentences of the sources ranked by how well they answer the question (embedding cosine + word overlap +
         whether they carry what the question asks for + the source's own rank). A question of two parts ("How often
         are the keys rotated, and what cipher protects data at rest?") also gets each part's best sentence, marked
         `part`, after the best one (see _with_parts). With `list_rows` (the question asks to list a table: "which
         regions can I deploy in?") the table's rows come first, all of them, marked `member`."""
-        ranked = self._rank(question, sources, list_rows)
+        ranked = self._rank(question, sources, list_rows, focus)
         parts = question_parts(question)
         return self._with_parts(ranked, parts, sources) if len(parts) > 1 and ranked else ranked
 
@@ -257,7 +259,8 @@ class EvidenceRanker:
                 chosen.append(best)
         return chosen + [e for e in ranked[1:] if not any(_same(e, c) for c in chosen)]
 
-    def _rank(self, question: str, sources: Sequence[Source], list_rows: bool = False) -> list[Evidence]:
+    def _rank(self, question: str, sources: Sequence[Source], list_rows: bool = False,
+              focus: str | None = None) -> list[Evidence]:
         cands: list[tuple[str, int]] = []
         starts: list[int] = []  # where each candidate's text begins (a sentence leaning back begins before itself)
         heads: dict[int, str] = {}
@@ -279,6 +282,11 @@ class EvidenceRanker:
         qwords = content_words(question)
         cand_words = [content_words(f"{heads[n]} {c}") for c, n in cands if c]  # the heading's words count too
         weight = _idf(qwords, cand_words)
+        # a follow-up searched together with the turns before it ("what uptime do you commit to for load balancers?
+        # and block storage?"): the earlier turn's words found the right table, its own words say which row answers
+        # (the load balancers' row was quoted first). Dev quote-only: first sentence +3, holds +1 and -1.
+        fwords = content_words(focus) - _QUESTION_WORDS if focus else set()
+        fweight = _idf(fwords, cand_words)
         asks = asked_kinds(question)
         # a figure the question names ("my script keeps getting 429 errors"): a sentence holding it is about what is
         # asked, as one carrying the kind asked for is ("how long": "suspended for one hour")
@@ -294,6 +302,8 @@ class EvidenceRanker:
                 continue
             sim, words, k = sims[k], cand_words[k], k + 1
             overlap = sum(weight[w] for w in qwords & words) / max(1e-9, sum(weight.values()))
+            if fwords:
+                overlap += FOCUS_SHARE * sum(fweight[w] for w in fwords & words) / max(1e-9, sum(fweight.values()))
             kind = sum((KIND_WEIGHT if j == 0 else KIND_WEIGHT / 2) for j, has in enumerate(asks) if has.search(sent))
             rank = RANK_WEIGHT * (len(sources) - n) / max(1, len(sources))  # the retriever's order counts too
             nxt = cands[i + 1][0] if i + 1 < len(cands) else ""

@@ -46,13 +46,15 @@ class Guard:
     def __init__(self, embed: Callable[[list[str]], list[list[float]]] | None = None, evidence_k: int = 5):
         self.ranker = EvidenceRanker(embed, evidence_k)
 
-    def evidence(self, question: str, sources: Sequence[Source], list_rows: bool = False) -> list[Evidence]:
-        return self.ranker.rank(question, sources, list_rows)
+    def evidence(self, question: str, sources: Sequence[Source], list_rows: bool = False,
+                 focus: str | None = None) -> list[Evidence]:
+        return self.ranker.rank(question, sources, list_rows, focus)
 
     def session(self, question: str, sources: Sequence[Source], context: Context, marker: str | None,
-                refusal: str | None = None, quote_refusals: bool = False, list_rows: bool = False) -> "GuardedReply":
+                refusal: str | None = None, quote_refusals: bool = False, list_rows: bool = False,
+                focus: str | None = None) -> "GuardedReply":
         """`list_rows`: the question asks to list a table's rows (Retrieval.listed): all of them are the answer."""
-        return GuardedReply(self.evidence(question, sources, list_rows), context, marker, refusal,
+        return GuardedReply(self.evidence(question, sources, list_rows, focus), context, marker, refusal,
                             anchors=context.anchors(question), labels=sorted({s.path for s in sources if s.path}),
                             asks=asked_kinds(question), quote_refusals=quote_refusals,
                             codes=[c for c in question_codes(question) if c in context.flat],

@@ -189,10 +189,14 @@ class KnowledgeBase:
         from rag.claims import Context
 
         asked = " ".join(user_turns(messages))
+        last = (user_turns(messages) or [""])[-1]
+        # a follow-up searched with the turns before it ("what uptime for load balancers? and block storage?"): its
+        # own words say which row answers
+        focus = last if last.strip() and last.strip() != retrieval.question.strip() else None
         system = " ".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")
         context = Context(*(s.text for s in retrieval.sources),
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))
         # the question as searched (acronyms the documents spell out, spelled out): its words find the sentence too
         return self.guard.session(self.retriever.expand(retrieval.question), retrieval.sources, context, self.marker,
                                   self.refusal, quote_refusals=self.cfg.model_refusal == "quote",
-                                  list_rows=retrieval.listed)
+                                  list_rows=retrieval.listed, focus=focus)

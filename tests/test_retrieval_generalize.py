@@ -294,3 +294,17 @@ def test_the_row_a_question_names_by_its_value_answers(demo_kb):
     r = demo_kb.retrieve(q)
     quote = demo_kb.guard_session([{"role": "user", "content": q}], r).finish()
     assert quote.startswith("Plan: Schooner") and "$0.048" in quote and "$0.021" not in quote, quote  # no marker here
+
+
+def test_a_follow_up_is_answered_by_the_row_its_own_words_name(demo_kb):
+    """"and block storage?" after "what uptime do you commit to for load balancers?" is searched with both turns; the
+    earlier turn's words found the SLA table, but its load balancers' row (99.95%) was quoted first. The follow-up's
+    own words count again (FOCUS_SHARE): the block storage row (99.9%) answers."""
+    msgs = [{"role": "user", "content": "what uptime do you commit to for load balancers?"},
+            {"role": "assistant", "content": "Ahoy! Load balancers have a monthly uptime commitment of 99.95%."},
+            {"role": "user", "content": "and block storage?"}]
+    r = demo_kb.retrieve_conversation(msgs)
+    assert not r.refused and r.question != "and block storage?"  # searched with the turn before
+    quote = demo_kb.guard_session(msgs, r).finish()
+    first = quote.split(" [1]")[0]
+    assert "Block storage" in first and "99.9%" in first and "99.95%" not in first, quote
