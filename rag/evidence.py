@@ -34,6 +34,9 @@ _STREET = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
                      r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b|"
                      r"\b(?:Rua|Rue|Via|Calle|Avenida|Strasse|Straße)\s+(?:(?:[A-Z]\w*|d[aeio]s?|de[ls]?|la|le)\s+){1,4}"
                      r"\d+\b|\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b|\bP\.?\s?O\.? Box \d+")
+_PO_BOX = re.compile(r"\bP\.?\s?O\.? Box \d+")
+# a place one can walk to: a "street address" is no PO box (the mailing address was quoted for the head office's)
+_PLACE = re.compile(_STREET.pattern.replace("|" + _PO_BOX.pattern, ""))
 _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\b\d{3}[ .-]\d{4}\b")  # not "1200-371"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.\w+")
 _ASKS_EMAIL = re.compile(r"\be-?mail address", re.I)  # what asks for one (a "verification email" does not)
@@ -53,6 +56,7 @@ _ASKS = [
      # place: "the Harbor Link", "on Hollis Street", "of Byte Harbor" name things and places)
      # or a role ("a certified electrician may install it")
      re.compile(_PERSON.pattern + "|" + _ROLE)),
+    (re.compile(r"\b(street|visit\w*|walk)\b", re.I), _PLACE),
     (re.compile(r"\b((?<!e-mail )(?<!email )address|street|headquarter|headquarters|hq)\b", re.I),
      _STREET),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), _PHONE),

@@ -1,5 +1,6 @@
 """Look-ups in the documents' vocabulary (the sorted BM25 terms, rag/bm25_index.py) for the retriever's unknown-name
-check: a term starting with a word, a word glued to a number that the documents write apart.
+check and its query expansion: a term starting with a word, a word glued to a number that the documents write apart,
+the documents' word for a customer's phrase.
 
 Tried and dropped (measured on the held-out splits): a lower-case word in neither the documents nor an English
 dictionary (Webster's 2nd and GCIDE, PyPI english-words) taken for a name typed without its capital ("managed
@@ -41,3 +42,26 @@ def known_pieces(token: str, vocab: list[str]) -> bool:
     letters = re.findall(r"[a-z]+", token)
     return (bool(letters) and token != "".join(letters)
             and all(len(x) >= 2 and has_prefix(vocab, x, whole=True) for x in letters))
+
+
+# what customers call a thing -> the word documents write for it, where neither the embedder nor BM25 links the two
+# and no document spells one out as the other: "whats the street address of your head office" quoted Singapore's
+# address, the Halifax one's heading says "(headquarters)"; "HQ" counted as a name the documents lack
+EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office": "headquarters",
+               "head offices": "headquarters"}
+
+
+def known(vocab: list[str], word: str) -> bool:
+    """Whether the documents write the word (the vocabulary holds its BM25 token: "headquarters" -> "headquarter")."""
+    from rag.bm25_index import bm25_tokens
+
+    tokens = bm25_tokens(word)
+    return bool(tokens) and all(in_sorted(vocab, t) for t in tokens)
+
+
+def equivalents(question: str, vocab: list[str]) -> list[str]:
+    """The documents' words (EQUIVALENTS) for phrases of the question they never write, in the question's order."""
+    text = " " + " ".join(re.findall(r"[a-z0-9]+", question.lower())) + " "
+    found = [word for phrase, word in EQUIVALENTS.items()
+             if f" {phrase} " in text and known(vocab, word) and f" {word} " not in text]
+    return list(dict.fromkeys(found))

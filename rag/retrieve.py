@@ -38,8 +38,11 @@ import numpy as np
 
 from rag.bm25_index import bm25_tokens  # noqa: F401  (re-exported: callers import it from here)
 from rag.claims import flat_text, holds_code, question_codes
+from rag.lexicon import EQUIVALENTS as _EQUIVALENTS
+from rag.lexicon import equivalents as _equivalents
 from rag.lexicon import has_prefix as _has_prefix
 from rag.lexicon import in_sorted as _in_sorted
+from rag.lexicon import known as _known
 from rag.lexicon import known_pieces as _known_pieces
 from rag.store import Hit, Store
 from rag.types import Source
@@ -105,13 +108,12 @@ class Retriever:
         question missed the leadership table and fell under the gate. An acronym the documents use as it is needs
         nothing (and "API" would match any "all plans include")."""
         acronyms = [w for w in dict.fromkeys(salient_words(question)) if re.fullmatch(r"[A-Z]{3,6}", w)]
-        if not acronyms:
-            return question
         bm25 = self.store.bm25()
         vocab = bm25.terms()
         words = [phrase for w in acronyms if not _in_sorted(vocab, w.lower())
                  for phrase in [self._spelled(w, bm25)]
                  if phrase and phrase not in question.lower()]
+        words += [w for w in _equivalents(question, vocab) if w not in words]  # "head office" -> "headquarters"
         return f"{question} ({'; '.join(words)})" if words else question
 
     # --- hybrid -------------------------------------------------------------------------------------------------
@@ -152,6 +154,8 @@ class Retriever:
                 w = w[:-1]
             # "CFO": "Chief Financial Officer"
             if re.fullmatch(r"[A-Z]{3,6}", w) and self._spelled(w, bm25):
+                continue
+            if w.lower() in _EQUIVALENTS and _known(vocab, _EQUIVALENTS[w.lower()]):  # "HQ": "headquarters"
                 continue
             whole = len(w) >= 3 and w.isupper()  # an acronym of 3 letters or more is a whole word: COO is not "cool"
             for t in bm25_tokens(w):

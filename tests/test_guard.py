@@ -224,6 +224,15 @@ def test_a_place_or_a_thing_after_an_article_or_preposition_is_no_persons_name()
         assert not who.search(thing), thing
 
 
+def test_a_street_address_is_no_po_box():
+    # "whats the street address of your head office" quoted the mailing address first: a PO box had the address shape
+    street = asked_kinds("whats the street address of your head office")[0]
+    assert street.search("Address: 88 Cable Wharf Road, Suite 400, Halifax") and street.search("Rua da Ribeira Nova 42")
+    assert not street.search("Send cheques to: Byte Harbor Cloud Inc., PO Box 3142, Halifax Central")
+    mail = asked_kinds("What postal address should I use to mail a cheque?")[0]  # any address: a PO box too
+    assert mail.search("PO Box 3142") and mail.search("88 Cable Wharf Road")
+
+
 def test_the_thing_a_which_question_names_is_what_it_asks_for():
     # "Which header ... how many ...?" asks for a header: not the sentence with a number in it
     limits = Source("limits.html", "Rate limits", None, "c10", 0.7, text=(

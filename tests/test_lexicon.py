@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rag.lexicon import has_prefix, known_pieces
+from rag.lexicon import equivalents, has_prefix, known, known_pieces
 
 VOCAB = sorted("apis backup compliance fra1 password plan price region server soc tls1 verify".split())
 
@@ -16,3 +16,13 @@ def test_a_whole_word_is_the_term_its_plural_or_the_term_and_a_number():
     assert has_prefix(VOCAB, "api", whole=True) and has_prefix(VOCAB, "tls", whole=True)
     assert has_prefix(VOCAB, "fra", whole=True) and not has_prefix(VOCAB, "pla", whole=True)
     assert has_prefix(VOCAB, "pla")  # not whole: any term starting with it
+
+
+def test_a_customers_phrase_gets_the_word_the_documents_write():
+    vocab = sorted(VOCAB + ["headquarter", "office"])  # BM25 tokens: "headquarters" is held as "headquarter"
+    assert known(vocab, "headquarters") and not known(VOCAB, "headquarters")
+    assert equivalents("whats the street address of your head office", vocab) == ["headquarters"]
+    assert equivalents("Where is your HQ?", vocab) == ["headquarters"]
+    assert equivalents("Is the head office your headquarters?", vocab) == []  # the question already says it
+    assert equivalents("Where is your HQ?", VOCAB) == []  # documents that never write it gain nothing
+    assert equivalents("the office's opening hours", vocab) == []

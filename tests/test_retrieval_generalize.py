@@ -308,3 +308,19 @@ def test_a_follow_up_is_answered_by_the_row_its_own_words_name(demo_kb):
     quote = demo_kb.guard_session(msgs, r).finish()
     first = quote.split(" [1]")[0]
     assert "Block storage" in first and "99.9%" in first and "99.95%" not in first, quote
+
+
+def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo_kb):
+    """"whats the street address of your head office" quoted the mailing address (PO Box 3142: the address kind
+    counted it) and, once that was no street address, Singapore's; "HQ" was a name the documents lack, so "the Halifax
+    HQ reception" was refused. The documents' "headquarters" is searched for both."""
+    for q, want in (("whats the street address of your head office", "88 Cable Wharf Road"),
+                    ("What's the street address of your headquarters?", "88 Cable Wharf Road"),
+                    ("What's the phone number of the Halifax HQ reception?", "+1 902 555 0188")):
+        r = demo_kb.retrieve(q)
+        assert not r.refused, q
+        quote = demo_kb.guard_session([{"role": "user", "content": q}], r).finish()
+        first = quote.split(" [")[0]
+        assert want in first and "PO Box" not in first, (q, quote)
+    assert "headquarters" in demo_kb.retriever.expand("where's your HQ?")
+    assert not demo_kb.retriever.unknown_names("What's the phone number of the Halifax HQ reception?")
