@@ -191,8 +191,10 @@ class KnowledgeBase:
         asked = " ".join(user_turns(messages))
         last = (user_turns(messages) or [""])[-1]
         # a follow-up searched with the turns before it ("what uptime for load balancers? and block storage?"): its
-        # own words say which row answers
-        focus = last if last.strip() and last.strip() != retrieval.question.strip() else None
+        # own words say which row answers (as searched: "and who's the CFO? (chief financial officer)")
+        focus = None
+        if last.strip() and last.strip() != retrieval.question.strip():
+            focus = self.retriever.expand(last)
         system = " ".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")
         context = Context(*(s.text for s in retrieval.sources),
                           names_only=" ".join([self.system_prompt or "", system, asked, self.refusal]))

@@ -308,6 +308,13 @@ def test_a_follow_up_is_answered_by_the_row_its_own_words_name(demo_kb):
     quote = demo_kb.guard_session(msgs, r).finish()
     first = quote.split(" [1]")[0]
     assert "Block storage" in first and "99.9%" in first and "99.95%" not in first, quote
+    # its acronym as searched: "CFO" is the documents' "Chief Financial Officer", not the CEO's row asked before
+    msgs = [{"role": "user", "content": "Who is the CEO of Byte Harbor?"},
+            {"role": "assistant", "content": "Ahoy! Marisol Quint is the Chief Executive Officer."},
+            {"role": "user", "content": "thanks - and who's the CFO?"}]
+    r = demo_kb.retrieve_conversation(msgs)
+    first = demo_kb.guard_session(msgs, r).finish().split(" [1]")[0]
+    assert "Chief Financial Officer" in first and "Marisol Quint" not in first, first
 
 
 def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo_kb):
