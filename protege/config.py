@@ -165,6 +165,9 @@ class KnowledgeConfig(Section):
     model_refusal: Literal["quote", "send"] = Field(
         "quote", description="when the model declines a question the gate let through: 'quote' answers with the "
                              "sources' best-matching sentences (the guard's quote), 'send' sends `refusal`")
+    off_topic: bool = Field(True, description="refuse a question that nearly repeats one of a bank of general-world "
+                                              "questions (weather, trivia, other vendors' products; rag/off_topic.py) "
+                                              "and is nearer to it than to the documents")
     follow_up_turns: int = Field(2, ge=1, description="a follow-up question is retrieved together with this many "
                                                       "recent user turns")
     train_qa: Path | None = Field(None, description="JSONL of {question, answer, source}: grounded training examples "

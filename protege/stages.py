@@ -59,7 +59,7 @@ def _hash_obj(*parts: Any) -> str:
 # from before sentence_vectors is served from its chunk vectors until `protege index` fills the sentences in).
 # The keys that dump the knowledge section leave them all out; those that read the whole config (_NEW_KNOBS below) only
 # the knobs after the first, which came before such reads.
-_NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors", "train_near_miss_fraction", "model_refusal")
+_NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors", "train_near_miss_fraction", "model_refusal", "off_topic")
 
 
 def _dump_knowledge(knowledge) -> Any:

@@ -37,6 +37,7 @@ class KnowledgeBase:
         self._store = None
         self._embedder = None
         self._retriever = None
+        self._off_topic = None
         self._lock = threading.RLock()  # the server retrieves from several threads; build the parts once
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -88,6 +89,15 @@ class KnowledgeBase:
                                             sentences=self.cfg.sentence_vectors)
             return self._retriever
 
+    @property
+    def off_topic(self):
+        with self._lock:
+            if self._off_topic is None:
+                from rag.off_topic import OffTopic
+
+                self._off_topic = OffTopic(self.embedder.embed, self.embedder.name, self.persist_dir)
+            return self._off_topic
+
     # --- operations ---------------------------------------------------------------------------------------------
     def index(self, progress: bool = False) -> dict:
         """Incremental index of the folder; writes index_report.json beside the Chroma files."""
@@ -116,7 +126,7 @@ class KnowledgeBase:
         from rag.answerable import missing_contact
 
         ranked = self.search(question)
-        confidence = max((s.score for s in ranked), default=0.0)
+        confidence = nearest = max((s.score for s in ranked), default=0.0)
         table, listed = self._table(question, ranked) if listing else ([], False)
         if table:  # "which regions can I deploy in?": the whole table, first; "the 4-core box": after the others
             rest = [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
@@ -128,8 +138,16 @@ class KnowledgeBase:
         texts = [s.text for s in sources]
         if sources and (unknown_codes(question, texts) or missing_contact(question, texts)):
             sources, refused = [], True  # "error BH-5099" when only BH-5017 is documented: nothing to answer from
+        if sources and self.cfg.off_topic and not listed and self._worldly(question, nearest):
+            sources, refused = [], True  # "the weather in Halifax tomorrow": nearer the world than the documents
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused)
+
+    def _worldly(self, question: str, nearest: float) -> bool:
+        """Whether the question is nearer a general-world question of rag/off_topic.py's bank than the documents'
+        best score (`nearest`: the ranked chunks' best, before a table's chunks joined at the gate's score)."""
+        qvec = self.embedder.embed_query(self.retriever.expand(question))
+        return self.off_topic.closer(qvec, nearest) is not None
 
     def _table(self, question: str, ranked: Sequence[Source]) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a

@@ -1,0 +1,123 @@
+"""rag/off_topic.py: a question nearer a bank of general-world questions than the documents is refused.
+
+Unit tests with a counting stand-in embedder (cache, margin, the company's things); the shipped bank's file; and the real
+demo index with the real embedder and the demo config's gate: worldly questions that share a name with the documents
+are refused, questions about the company are not, and `knowledge.off_topic: false` turns it off."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.off_topic import BANK, FLOOR, MARGIN, OffTopic
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "captain-byte"
+
+
+class CountingEmbed:
+    """One-hot vectors by word: "weather" and "price" questions are orthogonal; counts the texts embedded."""
+
+    WORDS = ["weather", "capital", "price", "joke"]
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, texts: list[str]) -> list[list[float]]:
+        self.calls += len(texts)
+        return [[1.0 if w in t.lower() else 0.0 for w in self.WORDS] for t in texts]
+
+
+def _bank(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "bank.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_question_that_nearly_repeats_a_bank_question_nearer_than_the_documents_is_named(tmp_path):
+    embed = CountingEmbed()
+    off = OffTopic(embed, "fake", tmp_path, _bank(tmp_path, "what's the weather in Paris?", "tell me a joke"))
+    weather = embed(["weather"])[0]
+    assert off.closer(weather, confidence=0.5) == "what's the weather in Paris?"
+    # the documents are as near as the bank, less the margin: answered
+    assert off.closer(weather, confidence=1.0 - MARGIN + 0.01) is None
+    # nothing of the bank near: answered
+    assert off.closer(embed(["price"])[0], confidence=0.1) is None
+    # nearer the bank than the documents, but no near repeat of a bank question: answered
+    half = [x / np.sqrt(2) for x in embed(["weather price"])[0]]  # cosine 0.71 to the weather question
+    assert off.closer(half, confidence=0.2) == "what's the weather in Paris?"
+    third = [x / np.sqrt(3) for x in embed(["weather price joke"])[0]]  # cosine 0.58 to each
+    assert 0.58 < FLOOR and off.closer(third, confidence=0.2) is None
+
+
+def test_the_bank_is_embedded_once_and_again_when_it_or_the_embedder_changes(tmp_path):
+    bank = _bank(tmp_path, "what's the weather in Paris?", "what is the capital of Peru?")
+    embed = CountingEmbed()
+    OffTopic(embed, "fake", tmp_path, bank).nearest(embed(["weather"])[0])
+    assert (tmp_path / "off_topic_vectors.npz").is_file()
+    first = embed.calls
+    OffTopic(embed, "fake", tmp_path, bank).nearest([1.0, 0, 0, 0])  # a new process: read from the cache
+    assert embed.calls == first
+    bank.write_text("tell me a joke\n", encoding="utf-8")
+    sim, line = OffTopic(embed, "fake", tmp_path, bank).nearest([0, 0, 0, 1.0])
+    assert (sim, line) == (1.0, "tell me a joke") and embed.calls == first + 1
+    OffTopic(embed, "other-embedder", tmp_path, bank).nearest([0, 0, 0, 1.0])
+    assert embed.calls == first + 2
+    (tmp_path / "off_topic_vectors.npz").write_bytes(b"not a zip")  # damaged: embedded again, not an error
+    assert OffTopic(embed, "fake", tmp_path, bank).nearest([0, 0, 0, 1.0])[1] == "tell me a joke"
+    assert not list(tmp_path.glob(".off_topic.*"))  # no temp file left behind
+
+
+def test_the_shipped_bank_is_general_world_questions():
+    lines = BANK.read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= 300 and all(x.strip() == x and x for x in lines)
+    assert len(set(map(str.lower, lines))) == len(lines)  # no duplicates
+    # nothing a company's own documents would answer
+    company = re.compile(r"\byour (?:company|plans?|prices?|pricing|support|servers?|office|account|team|staff)\b",
+                         re.I)
+    assert not [x for x in lines if company.search(x)]
+
+
+# --- the real demo index, embedder and gate ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_kb(tmp_path_factory):
+    from protege.config_file import load_config
+    from rag.knowledge import KnowledgeBase
+
+    k = load_config(REPO / "configs" / "captain-byte.yaml").knowledge
+    kb = KnowledgeBase.from_folder(DEMO / "knowledge", "demo-" + uuid.uuid4().hex[:6], tmp_path_factory.mktemp("o"),
+                                   min_score=k.min_score, top_k=k.top_k, unknown_name_factor=k.unknown_name_factor)
+    kb.index()
+    return kb
+
+
+WORLDLY = ["What's the weather going to be like in Halifax tomorrow?", "what's the capital of australia?",
+           "explain tcp vs udp like im 5"]
+# short questions of one form are near each other whatever they ask: "Who is the CEO?" is 0.47 from the bank's "Who
+# is the Secretary-General of the United Nations?", nearer than the leadership table (FLOOR keeps them)
+ABOUT_US = ["What are the reception hours of the Halifax office?", "who invested in your series A",
+            "Which ports are open by default on a new server?", "How much does the Sloop server cost per month?",
+            "Who is the CEO?", "Who is the chief financial officer?", "Who is the head of security?"]
+
+
+def test_demo_worldly_questions_that_share_a_name_with_the_documents_are_refused(demo_kb):
+    for q in WORLDLY:
+        r = demo_kb.retrieve(q)
+        assert r.refused and not r.sources, q
+    for q in ABOUT_US:
+        assert not demo_kb.retrieve(q).refused, q
+
+
+def test_demo_off_topic_false_leaves_them_to_the_score_gate(demo_kb):
+    demo_kb.cfg.off_topic = False
+    try:
+        passed = [q for q in WORLDLY if not demo_kb.retrieve(q).refused]
+    finally:
+        demo_kb.cfg.off_topic = True
+    assert passed == WORLDLY  # the score gate alone lets them through: the bank is what refuses them
+    assert np.isclose(demo_kb.retrieve(WORLDLY[0]).confidence, demo_kb.search(WORLDLY[0])[0].score, atol=1e-3)
