@@ -134,20 +134,24 @@ class KnowledgeBase:
             if listed:  # a question listing a table is about it (its chunks score the gate at least)
                 confidence = max(confidence, self.cfg.min_score)
         refused = not ranked or confidence < self.cfg.min_score
+        why = f"below min_score {self.cfg.min_score}" if refused else ""
         sources = [] if refused else [s for s in ranked if s.score >= self.cfg.min_score]
         texts = [s.text for s in sources]
-        if sources and (unknown_codes(question, texts) or missing_contact(question, texts)):
-            sources, refused = [], True  # "error BH-5099" when only BH-5017 is documented: nothing to answer from
-        if sources and self.cfg.off_topic and not listed and self._worldly(question, nearest):
-            sources, refused = [], True  # "the weather in Halifax tomorrow": nearer the world than the documents
+        if sources and unknown_codes(question, texts):  # "error BH-5099" when only BH-5017 is documented
+            sources, refused, why = [], True, "names a code no source holds"
+        elif sources and missing_contact(question, texts):
+            sources, refused, why = [], True, "asks for a contact or a person no source holds for what it names"
+        world = self._worldly(question, nearest) if sources and self.cfg.off_topic and not listed else None
+        if world:  # "the weather in Halifax tomorrow": nearer the world than the documents
+            sources, refused, why = [], True, f"nearly repeats a general-world question: {world!r}"
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
-                         listed=listed and not refused)
+                         listed=listed and not refused, why=why)
 
-    def _worldly(self, question: str, nearest: float) -> bool:
-        """Whether the question is nearer a general-world question of rag/off_topic.py's bank than the documents'
-        best score (`nearest`: the ranked chunks' best, before a table's chunks joined at the gate's score)."""
-        qvec = self.embedder.embed_query(self.retriever.expand(question))
-        return self.off_topic.closer(qvec, nearest) is not None
+    def _worldly(self, question: str, nearest: float) -> str | None:
+        """The general-world question of rag/off_topic.py's bank that the question nearly repeats, nearer than the
+        documents' best score (`nearest`: the ranked chunks' best, before a table's chunks joined at the gate's score);
+        else None."""
+        return self.off_topic.closer(self.embedder.embed_query(self.retriever.expand(question)), nearest)
 
     def _table(self, question: str, ranked: Sequence[Source]) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
@@ -184,7 +188,8 @@ class KnowledgeBase:
 
             # "and the lisbon office?" after "What's the Halifax office's phone number?" asks for a phone number too
             if missing_contact(queries[0], [s.text for s in best.sources], asked=queries[1]):
-                return Retrieval(question=best.question, sources=[], confidence=best.confidence, refused=True)
+                return Retrieval(question=best.question, sources=[], confidence=best.confidence, refused=True,
+                                 why="asks for a contact or a person no source holds for what it names")
         return best
 
     def build_messages(self, messages: list[dict], retrieval: Retrieval) -> list[dict]:

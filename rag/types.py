@@ -32,3 +32,4 @@ class Retrieval:
     confidence: float = 0.0
     refused: bool = True
     listed: bool = False  # the question asks to list a table's rows and got the table (rag/tables.py)
+    why: str = ""  # why it was refused, for people ("below min_score 0.29", "names a code no source holds", ...)

@@ -108,9 +108,11 @@ ABOUT_US = ["What are the reception hours of the Halifax office?", "who invested
 def test_demo_worldly_questions_that_share_a_name_with_the_documents_are_refused(demo_kb):
     for q in WORLDLY:
         r = demo_kb.retrieve(q)
-        assert r.refused and not r.sources, q
+        assert r.refused and not r.sources and r.why.startswith("nearly repeats a general-world question: "), (q, r)
+    assert demo_kb.retrieve("Who won the 1998 football world cup?").why.startswith("below min_score")
     for q in ABOUT_US:
-        assert not demo_kb.retrieve(q).refused, q
+        r = demo_kb.retrieve(q)
+        assert not r.refused and r.why == "", q
 
 
 def test_demo_off_topic_false_leaves_them_to_the_score_gate(demo_kb):

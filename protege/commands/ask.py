@@ -50,15 +50,21 @@ def run(args: argparse.Namespace) -> int:
         print()
         for n, s in enumerate(ans.sources, 1):
             print(f"[{n}] {_where(s)}  score {s.score:.3f}")
-    print(f"confidence {ans.confidence:.3f}{' (refused: below min_score ' + str(kb.cfg.min_score) + ')' if ans.refused else ''}")
+    if ans.refused and ans.confidence is not None and ans.confidence < kb.cfg.min_score:
+        print(f"confidence {ans.confidence:.3f} (refused: below min_score {kb.cfg.min_score})")
+    elif ans.refused:  # a contact, a code or a general-world question (`--retrieve-only` says which), or the guard
+        print(f"confidence {ans.confidence:.3f} (refused: the documents do not answer it)")
+    else:
+        print(f"confidence {ans.confidence:.3f}")
     return 0
 
 
 def _print_retrieval(r, min_score: float, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"question": r.question, "refused": r.refused, "confidence": r.confidence,
+        print(json.dumps({"question": r.question, "refused": r.refused, "why": r.why, "confidence": r.confidence,
                           "sources": [s.to_dict(with_text=True) for s in r.sources]}, indent=2))
         return
-    print(f"{'REFUSED' if r.refused else 'ANSWERABLE'} (confidence {r.confidence:.3f}, min_score {min_score})")
+    print(f"{'REFUSED' if r.refused else 'ANSWERABLE'} (confidence {r.confidence:.3f}, min_score {min_score})"
+          + (f": {r.why}" if r.why else ""))
     for n, s in enumerate(r.sources, 1):
         print(f"[{n}] {_where(s)}  score {s.score:.3f}\n    {s.text[:200].replace(chr(10), ' ')}")
