@@ -10,7 +10,9 @@ region; none says anything about the company. The bank's "What's the weather goi
 questions the documents leave open ("what was your revenue last year?") are not its business.
 
 The bank was written by a helper that saw neither the demo's documents nor its QA files; it is embedded once per
-embedder and bank and kept beside the index (`off_topic_vectors.npz`)."""
+embedder and bank and kept beside the index (`off_topic_vectors.npz`). A second batch of 600 questions weighted to
+places, firms and textbook IT was dropped: quote-only it refused no held-out trap more, and 1 held-out and 2 dev
+in-domain questions ("Which ports are open by default on a server I just created?" is a textbook question too)."""
 
 from __future__ import annotations
 
