@@ -125,7 +125,9 @@ class KnowledgeBase:
         from rag.claims import unknown_codes
         from rag.answerable import missing_contact
 
-        ranked = self.search(question)
+        # the question as searched, embedded once: the ranking and the general-world check read the same vector
+        qvec = self.embedder.embed_query(self.retriever.expand(question))
+        ranked = self.retriever.search(question, qvec=qvec)
         confidence = nearest = max((s.score for s in ranked), default=0.0)
         table, listed = self._table(question, ranked) if listing else ([], False)
         if table:  # "which regions can I deploy in?": the whole table, first; "the 4-core box": after the others
@@ -141,17 +143,11 @@ class KnowledgeBase:
             sources, refused, why = [], True, "names a code no source holds"
         elif sources and missing_contact(question, texts):
             sources, refused, why = [], True, "asks for a contact or a person no source holds for what it names"
-        world = self._worldly(question, nearest) if sources and self.cfg.off_topic and not listed else None
+        world = self.off_topic.closer(qvec, nearest) if sources and self.cfg.off_topic and not listed else None
         if world:  # "the weather in Halifax tomorrow": nearer the world than the documents
             sources, refused, why = [], True, f"nearly repeats a general-world question: {world!r}"
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
-
-    def _worldly(self, question: str, nearest: float) -> str | None:
-        """The general-world question of rag/off_topic.py's bank that the question nearly repeats, nearer than the
-        documents' best score (`nearest`: the ranked chunks' best, before a table's chunks joined at the gate's score);
-        else None."""
-        return self.off_topic.closer(self.embedder.embed_query(self.retriever.expand(question)), nearest)
 
     def _table(self, question: str, ranked: Sequence[Source]) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
