@@ -48,7 +48,11 @@ def known_pieces(token: str, vocab: list[str]) -> bool:
 # and no document spells one out as the other: "whats the street address of your head office" quoted Singapore's
 # address, the Halifax one's heading says "(headquarters)"; "HQ" counted as a name the documents lack
 EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office": "headquarters",
-               "head offices": "headquarters"}
+               "head offices": "headquarters",
+               # customers' shorthand
+               "vuln": "vulnerability", "vulns": "vulnerability", "pw": "password", "pwd": "password",
+               "acct": "account", "db": "database", "repo": "repository", "config": "configuration",
+               "docs": "documentation", "auth": "authentication"}
 
 
 def known(vocab: list[str], word: str) -> bool:

@@ -26,3 +26,6 @@ def test_a_customers_phrase_gets_the_word_the_documents_write():
     assert equivalents("Is the head office your headquarters?", vocab) == []  # the question already says it
     assert equivalents("Where is your HQ?", VOCAB) == []  # documents that never write it gain nothing
     assert equivalents("the office's opening hours", vocab) == []
+    # customers' shorthand: "think i found a vuln in your console" scored 0.293 (the gate is 0.2946) on the security
+    # page, whose "Reporting a vulnerability" answers it
+    assert equivalents("think i found a vuln in your console", sorted(vocab + ["vulnerability"])) == ["vulnerability"]

@@ -330,4 +330,6 @@ def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo
         first = quote.split(" [")[0]
         assert want in first and "PO Box" not in first, (q, quote)
     assert "headquarters" in demo_kb.retriever.expand("where's your HQ?")
+    vuln = demo_kb.retrieve("think i found a vuln in your console, where do i report it")
+    assert not vuln.refused and "security@byteharbor.cloud" in vuln.sources[0].text
     assert not demo_kb.retriever.unknown_names("What's the phone number of the Halifax HQ reception?")
