@@ -52,7 +52,11 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                # customers' shorthand
                "vuln": "vulnerability", "vulns": "vulnerability", "pw": "password", "pwd": "password",
                "acct": "account", "db": "database", "repo": "repository", "config": "configuration",
-               "docs": "documentation", "auth": "authentication"}
+               "docs": "documentation", "auth": "authentication",
+               # ways of asking for the company's support
+               "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",
+               "speak to someone": "support", "call you": "phone support", "contact you": "support",
+               "reach you": "support"}
 
 
 def known(vocab: list[str], word: str) -> bool:

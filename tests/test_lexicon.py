@@ -29,3 +29,4 @@ def test_a_customers_phrase_gets_the_word_the_documents_write():
     # customers' shorthand: "think i found a vuln in your console" scored 0.293 (the gate is 0.2946) on the security
     # page, whose "Reporting a vulnerability" answers it
     assert equivalents("think i found a vuln in your console", sorted(vocab + ["vulnerability"])) == ["vulnerability"]
+    assert equivalents("can i just call you guys?", sorted(vocab + ["phone", "support"])) == ["phone support"]

@@ -332,4 +332,9 @@ def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo
     assert "headquarters" in demo_kb.retriever.expand("where's your HQ?")
     vuln = demo_kb.retrieve("think i found a vuln in your console, where do i report it")
     assert not vuln.refused and "security@byteharbor.cloud" in vuln.sources[0].text
+    from protege.config_file import load_config
+
+    gate = load_config(REPO / "configs" / "captain-byte.yaml").knowledge.min_score
+    call = demo_kb.search("can i just call you guys on the phone?")[0]  # 0.23 before "(phone support)" was added
+    assert call.score >= gate and "+1 902 555 0142" in call.text, call
     assert not demo_kb.retriever.unknown_names("What's the phone number of the Halifax HQ reception?")
