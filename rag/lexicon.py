@@ -56,7 +56,10 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                # ways of asking for the company's support
                "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",
                "speak to someone": "support", "call you": "phone support", "contact you": "support",
-               "reach you": "support"}
+               "reach you": "support",
+               # where the company is
+               "are you based": "headquarters", "are you located": "headquarters", "guys based": "headquarters",
+               "guys located": "headquarters", "is your company based": "headquarters"}
 
 
 def known(vocab: list[str], word: str) -> bool:

@@ -330,6 +330,8 @@ def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo
         first = quote.split(" [")[0]
         assert want in first and "PO Box" not in first, (q, quote)
     assert "headquarters" in demo_kb.retriever.expand("where's your HQ?")
+    based = demo_kb.retrieve("where are you based?")  # the regions came first: "location" is a region's word too
+    assert not based.refused and "88 Cable Wharf Road" in based.sources[0].text
     vuln = demo_kb.retrieve("think i found a vuln in your console, where do i report it")
     assert not vuln.refused and "security@byteharbor.cloud" in vuln.sources[0].text
     from protege.config_file import load_config
