@@ -46,7 +46,8 @@ def known_pieces(token: str, vocab: list[str]) -> bool:
 
 # what customers call a thing -> the word documents write for it, where neither the embedder nor BM25 links the two
 # and no document spells one out as the other: "whats the street address of your head office" quoted Singapore's
-# address, the Halifax one's heading says "(headquarters)"; "HQ" counted as a name the documents lack
+# address, the Halifax one's heading says "(headquarters)"; "HQ" counted as a name the documents lack; "where are you
+# based?" found the regions. Each entry was kept only when both held-out splits lost nothing (quote-only)
 EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office": "headquarters",
                "head offices": "headquarters",
                # customers' shorthand
@@ -71,7 +72,8 @@ def known(vocab: list[str], word: str) -> bool:
 
 
 def equivalents(question: str, vocab: list[str]) -> list[str]:
-    """The documents' words (EQUIVALENTS) for phrases of the question they never write, in the question's order."""
+    """The documents' words (EQUIVALENTS, in its order) for the question's phrases, when the documents write the word
+    and the question does not."""
     text = " " + " ".join(re.findall(r"[a-z0-9]+", question.lower())) + " "
     found = [word for phrase, word in EQUIVALENTS.items()
              if f" {phrase} " in text and known(vocab, word) and f" {word} " not in text]
