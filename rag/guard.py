@@ -336,8 +336,13 @@ def _cited(e: Evidence) -> str:
     return f"{body} [{e.source}]{end}"
 
 
+# the model declining in its own words; a guess declines too ("The documents don't give the year, so I'll guess it's
+# 2019.": every figure of it is in the context, so the claim check let a made-up year through)
 _REFUSING = re.compile(r"\b(don'?t|do not|can'?t|cannot|couldn'?t) (know|say|find|tell|cover|answer)|"
-                       r"\bnot (sure|covered|in (my|the) (documents|charts))|\bbeyond my\b|\bno information\b", re.I)
+                       r"\bnot (sure|covered|in (my|the) (documents|charts))|\bbeyond my\b|\bno information\b|"
+                       r"\b(documents?|sources?|charts?|records?|context) (don'?t|do not|doesn'?t|does not) "
+                       r"(give|mention|state|specify|list|include|provide|say)\b|"
+                       r"\b(i'?ll|i will|i'?d|i would|let me|i can only|i) guess\b|\bmy (best )?guess\b", re.I)
 
 
 def _is_refusal(sentence: str, refusal: str) -> bool:

@@ -144,12 +144,16 @@ def test_with_model_refusal_quote_the_model_declining_gets_the_quote():
     answered with the best-matching sentences, streamed or not."""
     refusal = "Ahoy! Arr, that be beyond my charts, matey: my documents don't cover it, so I won't guess."
     ctx = Context(PRICING.text, names_only=PERSONA)
-    for reply in ("Ahoy! I don't know what the Sloop costs.", refusal):
+    for reply in ("Ahoy! I don't know what the Sloop costs.", refusal,
+                  # a guess declines, lucky or not: every figure of it is in the context, so the claim check let it
+                  # through ("The documents don't give the year, so I'll guess it's 2019.")
+                  "Ahoy! The documents don't give the price, so I'll guess it's $14.", "Ahoy! My guess is $14."):
         g = Guard(embed=None).session("How much is the Sloop per month?", [PRICING], ctx, "Ahoy!", refusal,
                                       quote_refusals=True)
         first = g.feed(reply)
         text = first + g.finish()
-        assert first in ("", "Ahoy! ") and "$14" in text and "[1]" in text and "charts" not in text
+        assert first in ("", "Ahoy! ") and "$14" in text and "[1]" in text and "charts" not in text, reply
+        assert "guess" not in text
         assert text.startswith("Ahoy!") and g.grounding == "extractive" and g.stopped
 
 
