@@ -30,13 +30,12 @@ _NOT_BEFORE_PERSON = r"(?:the|a|an|of|on|at|in|into|from|to|near|via|above|below
 _PERSON = re.compile(rf"(?:\b(?!{_NOT_BEFORE_PERSON}\b)[a-z]+,?|[:;])\s+[A-Z][a-z]+\s[A-Z][a-z]+\b(?!\s[A-Z])")
 # the shapes of a way to reach someone: "88 Cable Wharf Road"; the number after the street ("Rua da Ribeira Nova 42",
 # "Hauptstraße 5"); "PO Box 3142" / "+1 902 555 0188", "(902) 555-0188", "555-0142" / "visits@byteharbor.cloud"
-_STREET = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
-                     r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b|"
-                     r"\b(?:Rua|Rue|Via|Calle|Avenida|Strasse|Straße)\s+(?:(?:[A-Z]\w*|d[aeio]s?|de[ls]?|la|le)\s+){1,4}"
-                     r"\d+\b|\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b|\bP\.?\s?O\.? Box \d+")
-_PO_BOX = re.compile(r"\bP\.?\s?O\.? Box \d+")
 # a place one can walk to: a "street address" is no PO box (the mailing address was quoted for the head office's)
-_PLACE = re.compile(_STREET.pattern.replace("|" + _PO_BOX.pattern, ""))
+_PLACE = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
+                    r"(?:Road|Street|Avenue|Lane|Way|Quay|Wharf|Square|Boulevard|Drive|Place|Rd|St)\b|"
+                    r"\b(?:Rua|Rue|Via|Calle|Avenida|Strasse|Straße)\s+(?:(?:[A-Z]\w*|d[aeio]s?|de[ls]?|la|le)\s+){1,4}"
+                    r"\d+\b|\b[A-Z][a-z]+(?:straße|strasse|gasse|weg|platz)\s+\d+\b")
+_STREET = re.compile(_PLACE.pattern + r"|\bP\.?\s?O\.? Box \d+")  # any postal address
 _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\b\d{3}[ .-]\d{4}\b")  # not "1200-371"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.\w+")
 _ASKS_EMAIL = re.compile(r"\be-?mail address", re.I)  # what asks for one (a "verification email" does not)

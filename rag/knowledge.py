@@ -18,6 +18,7 @@ from rag.types import Retrieval, Source
 TABLE_NEAR = 8    # a table is read whole when one of its chunks is among the question's best this many
 TABLE_CHUNKS = 4  # ... and it fills this many chunks at most
 TABLE_POOL = 30   # ranked from this many candidates (hybrid: fewer fuse shorter lists, where a table's rows rank low)
+_NO_CONTACT = "asks for a contact or a person no source holds for what it names"  # Retrieval.why (rag/answerable.py)
 
 
 class KnowledgeBase:
@@ -129,7 +130,7 @@ class KnowledgeBase:
         qvec = self.embedder.embed_query(self.retriever.expand(question))
         ranked = self.retriever.search(question, qvec=qvec)
         confidence = nearest = max((s.score for s in ranked), default=0.0)
-        table, listed = self._table(question, ranked) if listing else ([], False)
+        table, listed = self._table(question, ranked, qvec) if listing else ([], False)
         if table:  # "which regions can I deploy in?": the whole table, first; "the 4-core box": after the others
             rest = [s for s in ranked if s.chunk_id not in {t.chunk_id for t in table}]
             ranked = table + rest if listed else rest + table
@@ -142,20 +143,21 @@ class KnowledgeBase:
         if sources and unknown_codes(question, texts):  # "error BH-5099" when only BH-5017 is documented
             sources, refused, why = [], True, "names a code no source holds"
         elif sources and missing_contact(question, texts):
-            sources, refused, why = [], True, "asks for a contact or a person no source holds for what it names"
+            sources, refused, why = [], True, _NO_CONTACT
         world = self.off_topic.closer(qvec, nearest) if sources and self.cfg.off_topic and not listed else None
         if world:  # "the weather in Halifax tomorrow": nearer the world than the documents
             sources, refused, why = [], True, f"nearly repeats a general-world question: {world!r}"
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
 
-    def _table(self, question: str, ranked: Sequence[Source]) -> tuple[list[Source], bool]:
+    def _table(self, question: str, ranked: Sequence[Source], qvec: list[float]) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
         row holding a value the question names ("the 4-core box"), or with a price in every row for a question asking
         for the cheapest or the dearest, and False; ([], False) for other questions. A table
         counts when one of its chunks is among the question's TABLE_NEAR best (it is about what is asked: "what plans
         do you have?" finds the plans' table second, under the gate) and the question names nothing the documents
-        lack ("which plans come with a GPU?"). At most TABLE_CHUNKS chunks: a longer table is not read whole."""
+        lack ("which plans come with a GPU?"). At most TABLE_CHUNKS chunks: a longer table is not read whole. `qvec`:
+        the embedding of the question as searched (retrieve() made it)."""
         from rag.retrieve import Hit, _source
 
         index = self.retriever.tables()
@@ -163,7 +165,7 @@ class KnowledgeBase:
         tables = listing or index.valued(question) or index.priced(question)
         if not tables or self.retriever.unknown_names(question):
             return [], False
-        near = {s.chunk_id: s.score for s in self.search(question, k=TABLE_POOL)[:TABLE_NEAR]}
+        near = {s.chunk_id: s.score for s in self.retriever.search(question, TABLE_POOL, qvec)[:TABLE_NEAR]}
         near.update({s.chunk_id: s.score for s in ranked})  # the top k's order can differ (Retriever._lift_closest)
         for table in tables:
             if any(c in near for c in table.chunk_ids) and len(table.chunk_ids) <= TABLE_CHUNKS:
@@ -185,7 +187,7 @@ class KnowledgeBase:
             # "and the lisbon office?" after "What's the Halifax office's phone number?" asks for a phone number too
             if missing_contact(queries[0], [s.text for s in best.sources], asked=queries[1]):
                 return Retrieval(question=best.question, sources=[], confidence=best.confidence, refused=True,
-                                 why="asks for a contact or a person no source holds for what it names")
+                                 why=_NO_CONTACT)
         return best
 
     def build_messages(self, messages: list[dict], retrieval: Retrieval) -> list[dict]:

@@ -63,6 +63,12 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                "guys located": "headquarters", "is your company based": "headquarters"}
 
 
+def spaced(text: str) -> str:
+    """Lower-cased text as words separated by single spaces (possessives, markdown marks and punctuation dropped:
+    "Byte-Harbor's" -> "byte harbor"), padded with a space: a phrase is looked up in it as " head office "."""
+    return " " + " ".join(re.findall(r"[a-z0-9]+", re.sub(r"['’]s\b", "", text.lower()))) + " "
+
+
 def known(vocab: list[str], word: str) -> bool:
     """Whether the documents write the word (the vocabulary holds its BM25 token: "headquarters" -> "headquarter")."""
     from rag.bm25_index import bm25_tokens
@@ -74,7 +80,7 @@ def known(vocab: list[str], word: str) -> bool:
 def equivalents(question: str, vocab: list[str]) -> list[str]:
     """The documents' words (EQUIVALENTS, in its order) for the question's phrases, when the documents write the word
     and the question does not."""
-    text = " " + " ".join(re.findall(r"[a-z0-9]+", question.lower())) + " "
+    text = spaced(question)
     found = [word for phrase, word in EQUIVALENTS.items()
              if f" {phrase} " in text and known(vocab, word) and f" {word} " not in text]
     return list(dict.fromkeys(found))

@@ -44,6 +44,7 @@ from rag.lexicon import has_prefix as _has_prefix
 from rag.lexicon import in_sorted as _in_sorted
 from rag.lexicon import known as _known
 from rag.lexicon import known_pieces as _known_pieces
+from rag.lexicon import spaced as _spaced
 from rag.store import Hit, Store
 from rag.types import Source
 
@@ -184,7 +185,7 @@ class Retriever:
         return held[acronym]
 
     def _spaced_text(self, bm25) -> str:
-        """All text as single-spaced words (see _spaced), kept once per version of the index: a name phrase is
+        """All text as single-spaced words (rag/lexicon.spaced), kept once per version of the index: a name phrase is
         looked up in it."""
         return self._per_version("spaced", bm25, lambda: _spaced(self._all_text(bm25)))
 
@@ -295,12 +296,6 @@ def name_phrases(question: str) -> list[str]:
                 out.append(" ".join(run))
             run = []
     return out
-
-
-def _spaced(text: str) -> str:
-    """Lower-cased text as words separated by single spaces (possessives, markdown marks and punctuation dropped:
-    "Byte-Harbor's" -> "byte harbor"), padded with a space."""
-    return " " + " ".join(re.findall(r"[a-z0-9]+", re.sub(r"['’]s\b", "", text.lower()))) + " "
 
 
 # between the words of a spelled-out acronym: on one line ("Compliance Overview\nOverview", a heading and a
