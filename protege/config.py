@@ -168,6 +168,10 @@ class KnowledgeConfig(Section):
     off_topic: bool = Field(True, description="refuse a question that nearly repeats one of a bank of general-world "
                                               "questions (weather, trivia, other vendors' products; rag/off_topic.py) "
                                               "and is nearer to it than to the documents")
+    scope_examples: Path | None = Field(
+        None, description="JSONL of {question, source}: examples of what the documents answer (source: the file) and "
+                          "leave open (source null), with train_qa's questions; a question nearer an open one than "
+                          "every answerable one and the documents is refused (rag/scope.py)")
     follow_up_turns: int = Field(2, ge=1, description="a follow-up question is retrieved together with this many "
                                                       "recent user turns")
     train_qa: Path | None = Field(None, description="JSONL of {question, answer, source}: grounded training examples "
@@ -317,6 +321,8 @@ def resolve_paths(cfg: AssistantConfig, root: Path) -> AssistantConfig:
         cfg.knowledge.folder = fix(cfg.knowledge.folder)
         cfg.knowledge.train_qa = fix(cfg.knowledge.train_qa)
         cfg.knowledge.eval_qa = fix(cfg.knowledge.eval_qa)
+        if cfg.knowledge.scope_examples is not None:  # assigned, a knob counts as set (stages._NEW_KNOBS)
+            cfg.knowledge.scope_examples = fix(cfg.knowledge.scope_examples)
         if cfg.knowledge.rerank and not Path(cfg.knowledge.rerank).is_absolute() and (root / cfg.knowledge.rerank).exists():
             cfg.knowledge.rerank = str((root / cfg.knowledge.rerank).resolve())
     base = cfg.base.model

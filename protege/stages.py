@@ -62,11 +62,17 @@ def _hash_obj(*parts: Any) -> str:
 _NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors", "train_near_miss_fraction", "model_refusal", "off_topic")
 
 
+# Knobs read only when answering: no key that dumps the knowledge section holds them (training never reads them); the
+# answers stage reads their files.
+_ANSWER_KNOWLEDGE_KNOBS = ("scope_examples",)
+
+
 def _dump_knowledge(knowledge) -> Any:
     if knowledge is None:
         return None
     return knowledge.model_dump(mode="json", exclude={k for k in _NEW_KNOWLEDGE_KNOBS
-                                                      if k not in knowledge.model_fields_set})
+                                                      if k not in knowledge.model_fields_set}
+                                .union(_ANSWER_KNOWLEDGE_KNOBS))
 
 
 def _new_knobs(knowledge) -> list:
@@ -103,7 +109,7 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
 _SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache", "batch_invariant"}}
 # Knobs added after assistants were built, by section: left at their default they stay out of the keys (as
 # _NEW_KNOWLEDGE_KNOBS above), so upgrading protege does not rerun a stage; set, they count.
-_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": set(_NEW_KNOWLEDGE_KNOBS[1:])}
+_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": {*_NEW_KNOWLEDGE_KNOBS[1:], *_ANSWER_KNOWLEDGE_KNOBS}}
 
 
 def _excluded(value: BaseModel, path: str) -> Any:
@@ -229,7 +235,8 @@ STAGE_TABLE: tuple[Stage, ...] = (
           writes=lambda cfg, p: [p.gguf_file(cfg.export.default_quant)]),
     Stage("answers", needs=("knowledge.folder", "knowledge.eval_qa"), run="protege.answer_eval:run",
           result=AnswersResult, reads=(Key("export"), Key("index"), KNOWLEDGE, Cfg("persona"),
-                                       Files("knowledge.eval_qa")),
+                                       Files("knowledge.eval_qa"),
+                                       When("knowledge.scope_examples", (Files("knowledge.scope_examples"),))),
           writes=lambda cfg, p: [p.eval / "answers.json"]),
     Stage("register", run="protege.stages:register", result=RegisterResult,
           reads=(Cfg(""), Key("export"), Key("index")), writes=lambda cfg, p: [p.config]),

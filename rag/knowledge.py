@@ -39,6 +39,7 @@ class KnowledgeBase:
         self._embedder = None
         self._retriever = None
         self._off_topic = None
+        self._scope = None
         self._lock = threading.RLock()  # the server retrieves from several threads; build the parts once
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -99,6 +100,18 @@ class KnowledgeBase:
                 self._off_topic = OffTopic(self.embedder.embed, self.embedder.name, self.persist_dir)
             return self._off_topic
 
+    @property
+    def scope(self):
+        """The assistant's examples of what the documents answer and leave open (rag/scope.py); None without
+        `knowledge.scope_examples`."""
+        with self._lock:
+            if self._scope is None and self.cfg.scope_examples is not None:
+                from rag.scope import Scope
+
+                files = [f for f in (self.cfg.scope_examples, self.cfg.train_qa) if f is not None]
+                self._scope = Scope(files, self.embedder.embed, self.embedder.name, self.persist_dir)
+            return self._scope
+
     # --- operations ---------------------------------------------------------------------------------------------
     def index(self, progress: bool = False) -> dict:
         """Incremental index of the folder; writes index_report.json beside the Chroma files."""
@@ -147,6 +160,9 @@ class KnowledgeBase:
         world = self.off_topic.closer(qvec, nearest) if sources and self.cfg.off_topic and not listed else None
         if world:  # "the weather in Halifax tomorrow": nearer the world than the documents
             sources, refused, why = [], True, f"nearly repeats a general-world question: {world!r}"
+        outside = self.scope.outside(qvec, nearest) if sources and self.scope and not listed else None
+        if outside:  # "what was your revenue last year?": an example of what the documents leave open
+            sources, refused, why = [], True, f"nearly repeats a question the documents leave open: {outside!r}"
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
 

@@ -16,14 +16,10 @@ in-domain questions ("Which ports are open by default on a server I just created
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-import threading
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from rag.question_bank import QuestionBank
 
 BANK = Path(__file__).resolve().parent / "data" / "off_topic_questions.txt"
 # refused when the bank's nearest question is this close (a near paraphrase: "what's the capital of australia?" is
@@ -38,24 +34,15 @@ MARGIN = 0.06
 
 
 class OffTopic:
-    """The bank's vectors, embedded at first use (or read from `cache_dir`), and the nearest bank question."""
+    """The bank (rag/question_bank.py) and the bank question a question nearly repeats."""
 
     def __init__(self, embed: Callable[[list[str]], list[list[float]]], embedder_name: str,
                  cache_dir: Path | None = None, bank: Path = BANK):
-        self._embed, self._name, self._bank = embed, embedder_name, bank
-        self._cache = Path(cache_dir) / "off_topic_vectors.npz" if cache_dir else None
-        self._lines: list[str] | None = None
-        self._vectors: np.ndarray | None = None
-        self._lock = threading.Lock()
+        self.bank = QuestionBank("off_topic", lambda: _lines(bank), embed, embedder_name, cache_dir)
 
     def nearest(self, qvec: list[float]) -> tuple[float, str]:
         """The cosine of the bank question closest to the (normalised) question vector, and that question."""
-        lines, vectors = self._load()
-        if not lines:
-            return 0.0, ""
-        sims = vectors @ np.asarray(qvec, dtype=vectors.dtype)
-        best = int(sims.argmax())
-        return float(sims[best]), lines[best]
+        return self.bank.nearest(qvec)
 
     def closer(self, qvec: list[float], confidence: float) -> str | None:
         """The bank question that the question nearly repeats, nearer than the documents (`confidence`: their best
@@ -63,36 +50,7 @@ class OffTopic:
         sim, line = self.nearest(qvec)
         return line if line and sim >= max(FLOOR, confidence + MARGIN) else None
 
-    def _load(self) -> tuple[list[str], np.ndarray]:
-        with self._lock:
-            if self._lines is None:
-                text = self._bank.read_text(encoding="utf-8") if self._bank.is_file() else ""
-                lines = [x.strip() for x in text.splitlines() if x.strip()]
-                digest = hashlib.sha256(f"{self._name}\n{text}".encode()).hexdigest()
-                vectors = self._read_cache(digest)
-                if vectors is None or len(vectors) != len(lines):
-                    vectors = np.asarray(self._embed(lines) if lines else [], dtype=np.float32)
-                    self._write_cache(digest, vectors)
-                self._lines, self._vectors = lines, vectors
-            return self._lines, self._vectors  # type: ignore[return-value]
 
-    def _read_cache(self, digest: str) -> np.ndarray | None:
-        if self._cache is None or not self._cache.is_file():
-            return None
-        try:
-            with np.load(self._cache) as held:
-                return held["vectors"] if str(held["digest"]) == digest else None
-        except (OSError, ValueError, KeyError):
-            return None  # a damaged cache is embedded again
-
-    def _write_cache(self, digest: str, vectors: np.ndarray) -> None:
-        """Temp file, then rename: a reader never sees half a cache (a failed write only costs the next start)."""
-        if self._cache is None or not self._cache.parent.is_dir():
-            return
-        fd, tmp = tempfile.mkstemp(prefix=".off_topic.", suffix=".npz", dir=self._cache.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, digest=np.asarray(digest), vectors=vectors)
-            os.replace(tmp, self._cache)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+def _lines(bank: Path) -> list[str]:
+    text = bank.read_text(encoding="utf-8") if bank.is_file() else ""
+    return [x.strip() for x in text.splitlines() if x.strip()]

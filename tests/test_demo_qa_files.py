@@ -14,7 +14,7 @@ from rag.loaders import load_file
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "captain-byte"
 DEV_SPLITS = ["qa.jsonl", "qa_dev2.jsonl", "qa_dev3_followups.jsonl", "qa_dev4.jsonl", "qa_dev5.jsonl",
-              "qa_paraphrases.jsonl", "train_qa.jsonl"]
+              "qa_paraphrases.jsonl", "train_qa.jsonl", "scope_examples.jsonl"]
 
 
 def _flat(text: str) -> str:
@@ -36,3 +36,16 @@ def test_dev_split_asks_for_what_its_document_states(split):
             texts[r["source"]] = _flat(" ".join(d.text for d in load_file(path, r["source"])))
         for want in r["answer_contains"]:
             assert _flat(want) in texts[r["source"]], f"{split}: {want!r} is not written in {r['source']}"
+
+
+def test_scope_examples_ask_no_question_of_a_qa_file_measured_with():
+    """knowledge.scope_examples decides refusals at answer time: a question it shares with a measured QA file (dev or
+    held-out) would be measured on itself. Only the count is reported (the held-out questions are never printed)."""
+    def norm(q: str) -> str:
+        return re.sub(r"[^a-z0-9]+", " ", q.lower()).strip()
+
+    scope = {norm(r["question"]) for r in load_qa(DEMO / "scope_examples.jsonl")}
+    measured = [p for p in DEMO.glob("qa*.jsonl")]
+    assert len(measured) >= 7
+    shared = sum(norm(r["question"]) in scope for p in measured for r in load_qa(p))
+    assert shared == 0, f"{shared} questions of the measured QA files are in scope_examples.jsonl"

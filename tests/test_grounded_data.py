@@ -94,6 +94,33 @@ def test_editing_train_qa_retrains_and_a_plain_build_does_not_depend_on_the_inde
     assert "index" not in depends_on(cfg, "data")
 
 
+def test_scope_examples_rerun_the_answer_eval_and_never_retrain(tmp_path):
+    """knowledge.scope_examples changes what is answered, not what is trained: the answers stage (and the registered
+    config) count it, data and train do not; left unset, no key changes (assistants built before it keep theirs)."""
+    from protege.stages import plan_stages
+
+    eval_qa = tmp_path / "eval.jsonl"
+    eval_qa.write_text(json.dumps({"question": "q?", "source": "warranty.txt"}) + "\n")
+    cfg = _cfg(tmp_path, eval_qa=str(eval_qa))
+    paths = AssistantPaths.for_name(cfg.name)
+    before = {p.name: p.key for p in plan_stages(cfg, paths)}
+    scope = tmp_path / "scope.jsonl"
+    scope.write_text(json.dumps({"question": "What is your revenue?", "source": None}) + "\n")
+    cfg.knowledge.scope_examples = scope
+    with_scope = {p.name: p.key for p in plan_stages(cfg, paths)}
+    assert with_scope["data"] == before["data"] and with_scope["train"] == before["train"]
+    assert with_scope["answers"] != before["answers"] and with_scope["register"] != before["register"]
+    scope.write_text(json.dumps({"question": "Do you sell GPUs?", "source": None}) + "\n")
+    edited = {p.name: p.key for p in plan_stages(cfg, paths)}
+    assert edited["answers"] != with_scope["answers"] and edited["data"] == before["data"]
+    # left unset, no key reads it: an assistant built before the knob has the keys it had
+    from protege.stages import Cfg, _dump_knowledge
+
+    unset = _cfg(tmp_path, eval_qa=str(eval_qa))
+    assert "scope_examples" not in Cfg("").parts(unset, {})[0]["knowledge"]
+    assert "scope_examples" not in _dump_knowledge(cfg.knowledge)
+
+
 def test_near_miss_examples_keep_the_document_and_drop_the_answering_line(tmp_path, tokenizer_dir):
     """A near-domain question retrieves the right document that lacks the fact: trained as the row's own documents
     less the lines holding the answer's figures, with the refusal as the answer."""
