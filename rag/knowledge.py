@@ -133,9 +133,10 @@ class KnowledgeBase:
     def retrieve(self, question: str, listing: bool = True) -> Retrieval:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail or a
-        street address that none of them writes. When answered, sources under the threshold are dropped too (they would
-        be irrelevant citations). A question that asks to list a table's rows gets the whole table (see _table);
-        `listing=False` for a follow-up's query made of several turns."""
+        street address that none of them writes, or nearly repeats a general-world question (rag/off_topic.py) or an
+        example of what the documents leave open (rag/scope.py) more than the documents. When answered, sources under
+        the threshold are dropped too (they would be irrelevant citations). A question that asks to list a table's rows
+        gets the whole table (see _table); `listing=False` for a follow-up's query made of several turns."""
         from rag.claims import unknown_codes
         from rag.answerable import missing_contact
 
