@@ -18,6 +18,7 @@ from rag.types import Retrieval, Source
 TABLE_NEAR = 8    # a table is read whole when one of its chunks is among the question's best this many
 TABLE_CHUNKS = 4  # ... and it fills this many chunks at most
 TABLE_POOL = 30   # ranked from this many candidates (hybrid: fewer fuse shorter lists, where a table's rows rank low)
+_LIKE = "nearly repeats"  # Retrieval.why of the example checks (_like_example)
 _NO_CONTACT = "asks for a contact or a person no source holds for what it names"  # Retrieval.why (rag/answerable.py)
 
 
@@ -130,13 +131,14 @@ class KnowledgeBase:
         """Ranked sources without the gate (eval and calibration use this)."""
         return self.retriever.search(question, k)
 
-    def retrieve(self, question: str, listing: bool = True) -> Retrieval:
+    def retrieve(self, question: str, listing: bool = True, world: bool = True) -> Retrieval:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail or a
         street address that none of them writes, or nearly repeats a general-world question (rag/off_topic.py) or an
         example of what the documents leave open (rag/scope.py) more than the documents. When answered, sources under
         the threshold are dropped too (they would be irrelevant citations). A question that asks to list a table's rows
-        gets the whole table (see _table); `listing=False` for a follow-up's query made of several turns."""
+        gets the whole table (see _table); `listing=False` for a follow-up's query made of several turns;
+        `world=False` leaves the general-world check out (a follow-up alone, see retrieve_conversation)."""
         from rag.claims import unknown_codes
         from rag.answerable import missing_contact
 
@@ -158,14 +160,21 @@ class KnowledgeBase:
             sources, refused, why = [], True, "names a code no source holds"
         elif sources and missing_contact(question, texts):
             sources, refused, why = [], True, _NO_CONTACT
-        world = self.off_topic.closer(qvec, nearest) if sources and self.cfg.off_topic and not listed else None
-        if world:  # "the weather in Halifax tomorrow": nearer the world than the documents
-            sources, refused, why = [], True, f"nearly repeats a general-world question: {world!r}"
-        outside = self.scope.outside(qvec, nearest) if sources and self.scope and not listed else None
-        if outside:  # "what was your revenue last year?": an example of what the documents leave open
-            sources, refused, why = [], True, f"nearly repeats a question the documents leave open: {outside!r}"
+        like = self._like_example(qvec, nearest, world) if sources and not listed else ""
+        if like:
+            sources, refused, why = [], True, like
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
+
+    def _like_example(self, qvec: list[float], nearest: float, world: bool = True) -> str:
+        """Why the question (its vector as searched; `nearest`: the documents' best score) is refused for what it
+        nearly repeats, or "": a general-world question ("the weather in Halifax tomorrow", rag/off_topic.py), or an
+        example of what the documents leave open ("what was your revenue last year?", rag/scope.py)."""
+        worldly = self.off_topic.closer(qvec, nearest) if world and self.cfg.off_topic else None
+        if worldly:
+            return f"{_LIKE} a general-world question: {worldly!r}"
+        outside = self.scope.outside(qvec, nearest) if self.scope else None
+        return f"{_LIKE} a question the documents leave open: {outside!r}" if outside else ""
 
     def _table(self, question: str, ranked: Sequence[Source], qvec: list[float]) -> tuple[list[Source], bool]:
         """The chunks of the table the question asks to list (rag/tables.py), and True; else those of a table with a
@@ -193,11 +202,17 @@ class KnowledgeBase:
 
     def retrieve_conversation(self, messages: list[dict]) -> Retrieval:
         """Retrieve for the last user turn; a follow-up ("and per year?") is also searched together with the recent
-        user turns, and the better-scoring of the two is kept (then gated as usual)."""
+        user turns, and the better-scoring of the two is kept (then gated as usual); either one that nearly repeats an
+        example question (rag/scope.py; the world's questions, rag/off_topic.py, for the turns together) refuses."""
         # only the last turn alone asks to list: "Which regions do you have?" before "and the German one's partner?"
         queries = search_queries(messages, self.cfg.follow_up_turns)
-        tries = [self.retrieve(q, listing=n == 0) for n, q in enumerate(queries)]
+        # a follow-up alone is not judged by the world's questions: "what about in lisbon?" after the Halifax office's
+        # hours is near "What are the best things to do in Lisbon in three days?" by its one name
+        tries = [self.retrieve(q, listing=n == 0, world=n > 0 or len(queries) == 1) for n, q in enumerate(queries)]
         best = max(tries, key=lambda r: r.confidence)  # the first on a tie: the last turn alone
+        like = next((t for t in tries if t.refused and t.why.startswith(_LIKE)), None)
+        if like is not None:  # "and can I rent a server with an nvidia gpu?" after a price: alone, a question left open
+            return like
         if best is tries[0] and len(tries) > 1 and not best.refused:
             from rag.answerable import missing_contact
 

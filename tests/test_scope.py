@@ -133,3 +133,27 @@ def test_demo_without_scope_examples_the_score_gate_answers_them(demo_kb):
         assert not any(demo_kb.retrieve(q).refused for q in LEFT_OPEN)
     finally:
         demo_kb.cfg.scope_examples = held
+
+
+def _chat(*turns: str) -> list[dict]:
+    return [{"role": "user", "content": t} for t in turns]
+
+
+def test_demo_a_follow_up_that_alone_is_a_question_left_open_is_refused(demo_kb):
+    """The follow-up's conversation scores the documents higher ("How much does the Sloop server cost? and can I rent
+    a server with an nvidia gpu?" finds the plans' table); the turn alone is what was asked, and it is left open."""
+    for chat in (_chat("How much does the Sloop server cost?", "and can I rent a server with an nvidia gpu?"),
+                 _chat("Which regions do you have?", "and when will you open a region in brazil?")):
+        r = demo_kb.retrieve_conversation(chat)
+        assert r.refused and r.why.startswith("nearly repeats a question the documents leave open: "), (chat, r.why)
+        # searched together, the turns are answered: the turn alone is what refuses
+        assert not demo_kb.retrieve(f"{chat[0]['content']} {chat[1]['content']}", listing=False).refused
+
+
+def test_demo_a_follow_up_is_not_judged_by_the_world_question_its_one_name_repeats(demo_kb):
+    """"what about in lisbon?" alone nearly repeats the world bank's "What are the best things to do in Lisbon in
+    three days?"; after the Halifax office's reception hours it asks for the Lisbon office's."""
+    assert demo_kb.retrieve("what about in lisbon?").why.startswith("nearly repeats a general-world question: ")
+    r = demo_kb.retrieve_conversation(_chat("What are the reception hours at your Halifax office?",
+                                            "what about in lisbon?"))
+    assert not r.refused and any("10:00 to 17:00" in s.text for s in r.sources), r
