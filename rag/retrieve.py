@@ -107,10 +107,15 @@ class Retriever:
         """The question with each acronym the documents never write but spell out followed by its words: "Who's the
         CFO?" -> "Who's the CFO? (chief financial officer)". Neither the embedder nor BM25 links the two, so the
         question missed the leadership table and fell under the gate. An acronym the documents use as it is needs
-        nothing (and "API" would match any "all plans include")."""
-        acronyms = [w for w in dict.fromkeys(salient_words(question)) if re.fullmatch(r"[A-Z]{3,6}", w)]
+        nothing (and "API" would match any "all plans include"). Customers type "cfo" too: a word of 3 or 4 small
+        letters the documents never write is tried as an acronym (qa_dev6: "who's in charge of the money side at
+        your company, like the cfo" found the refund policy first, the leadership table not at all)."""
         bm25 = self.store.bm25()
         vocab = bm25.terms()
+        acronyms = [w for w in dict.fromkeys(salient_words(question)) if re.fullmatch(r"[A-Z]{3,6}", w)]
+        # typed in lower case ("who's the cfo"): a short word the documents never write, tried as an acronym
+        acronyms += [w.upper() for w in dict.fromkeys(re.findall(r"\b[a-z]{3,4}\b", question))
+                     if not _in_sorted(vocab, w) and w.upper() not in acronyms]
         words = [phrase for w in acronyms if not _in_sorted(vocab, w.lower())
                  for phrase in [self._spelled(w, bm25)]
                  if phrase and phrase not in question.lower()]

@@ -185,6 +185,12 @@ def test_an_acronym_the_documents_spell_out_is_searched_in_their_words(demo_kb):
     assert expand("Which APIs have an SLA?") == "Which APIs have an SLA?"  # the documents write "SLA" itself
     got = demo_kb.retrieve("Who's the CFO?")
     assert not got.refused and "Priya Lindgren" in got.sources[0].text
+    # typed in lower case: a short word the documents never write is tried as an acronym; one they write is a word
+    assert expand("who's in charge of the money side, like the cfo") == \
+        "who's in charge of the money side, like the cfo (chief financial officer)"
+    assert expand("wat does the sla say") == "wat does the sla say"
+    got = demo_kb.search("who's in charge of the money side at your company, like the cfo")
+    assert any("Priya Lindgren" in s.text for s in got[:3])
 
 
 def test_a_documented_code_finds_the_chunk_that_holds_it(demo_kb):
