@@ -291,9 +291,11 @@ class EvidenceRanker:
         fwords = content_words(focus) - _QUESTION_WORDS if focus else set()
         fweight = _idf(fwords, cand_words)
         asks = asked_kinds(question)
-        # a figure the question names ("my script keeps getting 429 errors"): a sentence holding it is about what is
-        # asked, as one carrying the kind asked for is ("how long": "suspended for one hour")
-        named = {n for n in claims(question).numbers if len(n) >= 3}
+        # a figure or a code the question names ("my script keeps getting 429 errors", "getting BH-4501 when i try to
+        # move my vm down"): a sentence holding it is about what is asked, as one carrying the kind asked for is ("how
+        # long": "suspended for one hour")
+        asked = claims(question)
+        named = {n for n in asked.numbers if len(n) >= 3} | asked.codes
         shares = [float(x) for x in _PERCENT.findall(question)]  # "97% uptime": the band of a table that holds it
         # a sentence is embedded (and its words counted) under its chunk's heading ("Security > Encryption: Keys are
         # rotated every 90 days."): what it is about is often only in the heading (ev1 on dev 0.77 -> 0.82, dev2
@@ -314,7 +316,8 @@ class EvidenceRanker:
             if nxt and len(WORD.findall(sent)) < SHORT and not _ROW.match(sent):  # a short sentence (not a table
                 # row: rows stand alone) is quoted with the one after it
                 sent, last = (nxt if nxt.startswith(sent) else f"{sent} {nxt}"), i + 1
-            primary = (bool(asks) and bool(asks[0].search(sent))) or bool(named and named & claims(sent).numbers)
+            held = claims(sent) if named else None
+            primary = (bool(asks) and bool(asks[0].search(sent))) or bool(held and named & (held.numbers | held.codes))
             scored.append(Evidence(sent, n, sim + OVERLAP_WEIGHT * overlap + kind + rank, primary, (starts[i], last)))
         # what the question asks for (a price, a date, a code) comes first when a sentence carries it and is about as
         # relevant as the best (a kind is found by its shape: "the European Union" looks like a person's name)

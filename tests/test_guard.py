@@ -508,6 +508,23 @@ def test_the_sentence_holding_the_figure_the_question_names_leads():
     assert "Retry-After" in Guard(embed=embed).evidence(q, [limits])[0].text
 
 
+def test_the_row_holding_the_code_the_question_names_leads():
+    """"getting BH-4501 when i try to move my vm down to a smaller plan, whats wrong": the error table's BH-4501 row
+    answers (qa_dev6 quoted how long a resize reboots, from the plans' page, that the embedder found nearer)."""
+    errors = Source("error-codes.txt", "ERRORS > RESOURCES (4xxx)", None, "c20", 0.44, text=(
+        "ERRORS > RESOURCES (4xxx)\nBH-4207  Server limit reached. Your account is at its maximum number of servers."
+        "\nBH-4501  Resize not possible. The target plan's disk is smaller than the data on the server."))
+    plans = Source("pricing-plans.md", "Plans > Changing plans", None, "c21", 0.37, text=(
+        "Plans > Changing plans\nYou can resize a server to a larger plan at any time. Resizes cause a reboot that "
+        "usually takes less than two minutes."))
+    q = "getting BH-4501 when i try to move my vm down to a smaller plan, whats wrong"
+
+    def embed(texts):  # the resize sentences nearest, as MiniLM has them
+        return [[1.0, 0.0] if "resize" in t.lower() and "BH-" not in t else [0.8, 0.6] for t in texts]
+
+    assert "smaller than the data" in Guard(embed=embed).evidence(q, [errors, plans])[0].text
+
+
 def test_the_band_holding_the_value_the_question_names_answers():
     """"your monitoring says 97% uptime. What do I get back for that?": the band "below 99.0% but at least 95.0%"
     holds 97%, so its credit answers, not the sentence that repeats an uptime ("fra1 compute uptime is 98.7%"); the
