@@ -8,8 +8,12 @@ someone's name: the gate's score says the sources are about the question, not th
   be written in a sentence that names that role: the documents say the data-protection officer sits in Lisbon and list
   the executives by name, which answers neither.
 
+- A plan ("when are load balancers coming to Sydney?", "when is version 4 of the command-line tool coming out?", "any
+  plans to open a region in Brazil?") must be stated: one of the best sentences for the question says what is planned
+  ("planned for the second half of 2026"). The regions table answers what is, not what will be.
+
 Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare public address")
-ask for no number."""
+ask for no number; "When is the Lisbon office open?" asks for hours, not a plan."""
 
 from __future__ import annotations
 
@@ -35,6 +39,33 @@ _ROLE_ASK = re.compile(rf"\bname of\s+(?:(?:the|your|our|my|their)\s+)?((?:[a-z-
                        rf"\bwho(?:'s|’s|\s+is|\s+are|\s+was)\s+(?:(?:the|your|our|my|their)\s+)?"
                        rf"(?:[A-Z][\w-]*(?:\s[A-Z][\w-]*)*['’]s\s+)?"
                        rf"((?:(?!(?:the|a|an|your|our|my|their)\s)[a-z-]+\s+){{1,3}}?{_ROLE})", re.I)
+# a question about what will be: "when" with a future ("when will ... be available", "when are they coming", "when r u
+# opening"; not "when did ... open", "when is the office open" or "when is your billing team available", which ask
+# for hours), or plans and roadmaps named
+_PLAN_ASK = re.compile(
+    r"\bwhen\b[^?.]{0,40}?\b(?:will|going to|gonna|'ll)\b[^?.]{0,40}?\b(?:com(?:e|es|ing)|available|launch\w*|"
+    r"release\w*|open(?:ing)?|arriv\w*|add(?:ing)?|roll(?:ing)? out|support(?:ing)?|offer(?:ing)?|expand\w*)\b"
+    r"|\bwhen\b[^?.]{0,40}?\b(?:are|is|r u|'re)\b[^?.]{0,40}?\b(?:coming|launching|releasing|opening|arriving|"
+    r"adding|rolling out|supporting|offering|expanding)\b"
+    r"|\b(?:any|are there|do you have) plans?\b|\bplann?ing (?:to|on)\b|\broadmap\b|\bin the future\b|\bcoming soon\b",
+    re.I)
+# what states a plan
+_PLAN = re.compile(r"\b(?:planned|plans? to|planning|will (?:be|come|open|launch|arrive|add|get|support)|expected|"
+                   r"scheduled|roadmap|later this year|next year|(?:first|second) half of|by (?:the end of )?20\d\d|"
+                   r"in 20[2-9]\d|target)\b", re.I)
+PLAN_SENTENCES = 2  # the best sentences for the question that must state the plan
+
+
+def asks_plan(question: str) -> bool:
+    """Whether the question (the sentences that ask) is about what will be (see the module doc)."""
+    return _PLAN_ASK.search(asking_part(question)) is not None
+
+
+def states_plan(sentences: Sequence[str]) -> bool:
+    """Whether one of the sentences (the best for the question, first) states a plan."""
+    return any(_PLAN.search(s) for s in sentences[:PLAN_SENTENCES])
+
+
 # a word a source writes capitalised inside a line: a name ("the Singapore office", "Address: ..., Singapore 098412")
 _NAME_IN_LINE = re.compile(r"(?<=[a-z0-9,;:)] )[A-Z][a-z]{2,}")
 

@@ -140,7 +140,7 @@ class KnowledgeBase:
         gets the whole table (see _table); `listing=False` for a follow-up's query made of several turns;
         `world=False` leaves the general-world check out (a follow-up alone, see retrieve_conversation)."""
         from rag.claims import unknown_codes
-        from rag.answerable import missing_contact
+        from rag.answerable import asks_plan, missing_contact, states_plan
 
         # the question as searched, embedded once: the ranking and the general-world check read the same vector
         qvec = self.embedder.embed_query(self.retriever.expand(question))
@@ -160,6 +160,9 @@ class KnowledgeBase:
             sources, refused, why = [], True, "names a code no source holds"
         elif sources and missing_contact(question, texts):
             sources, refused, why = [], True, _NO_CONTACT
+        elif sources and asks_plan(question) and not states_plan(
+                [e.text for e in self.guard.evidence(self.retriever.expand(question), sources)]):
+            sources, refused, why = [], True, "asks about a plan no source states"
         like = self._like_example(qvec, nearest, world) if sources and not listed else ""
         if like:
             sources, refused, why = [], True, like

@@ -45,3 +45,27 @@ def test_a_person_asked_by_role_must_be_named_with_that_role():
     assert missing_contact("who's the data protection officer?", OFFICES)
     # "who is the owner?" asks what the owner role may do, not for a person
     assert not missing_contact("Who is the owner of a team account?", ["Owner – one per account; full control."])
+
+
+def test_a_question_about_what_will_be_asks_for_a_plan():
+    from rag.answerable import asks_plan
+
+    for q in ("When will load balancers be available in Singapore?", "ok so when are they coming to sydney",
+              "when r u opening a data center in south america", "When is version 4 of the cli coming out?",
+              "any plans to open a region in Brazil?", "is there a public roadmap?"):
+        assert asks_plan(q), q
+    # what is, not what will be: hours, the past, availability now
+    for q in ("When is the Lisbon office open?", "When is your billing team available?",
+              "When did the Frankfurt data center open?", "If my card payment fails, when will you try charging it "
+              "again?", "When is the weekly maintenance window?", "Are you going to add VAT to our invoices?"):
+        assert not asks_plan(q), q
+
+
+def test_a_plan_must_be_stated_by_one_of_the_best_sentences():
+    from rag.answerable import PLAN_SENTENCES, states_plan
+
+    planned = "Block storage volumes are available in all regions except syd1, where they are planned for 2026."
+    row = "Region code: syd1; City: Sydney; Country: Australia; Opened: 2024"
+    assert states_plan([planned, row]) and states_plan([row, planned])
+    assert not states_plan([row, "Load balancers are available in hfx1, yyz1, lis1 and fra1 only."])
+    assert not states_plan([row] * PLAN_SENTENCES + [planned])  # too far down: about something else
