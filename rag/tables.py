@@ -53,8 +53,21 @@ _VALUE = {"year": re.compile(r"(19|20)\d\d"), "money": re.compile(r"[$€£]\d[\
 
 def superlatives(question: str) -> list[tuple[str, bool]]:
     """(the kind of value compared, whether the largest wins) for each way the question asks for a table's extreme
-    ("the cheapest plan for my first server" says "first" too: the kind the rows hold decides)."""
-    return [(kind, largest) for said, kind, largest in SUPERLATIVES if said.search(question)]
+    ("the cheapest plan for my first server" says "first" too: the kind the rows hold decides). An extreme that only
+    says which thing is meant asks for none: a yes/no question ("Is phone support included if I only have the
+    cheapest server plan?"), a condition ("if", "when") or a count of it ("How many of the largest 8-core servers can a
+    new account run?") is answered by what it says of that thing, not by the table's row."""
+    found = [(m, kind, largest) for said, kind, largest in SUPERLATIVES for m in [said.search(question)] if m]
+    return [(kind, largest) for m, kind, largest in found if not _only_names(question, m.start())]
+
+
+_YES_NO = re.compile(r"\s*(?:is|are|can|could|do|does|will|would|should)\b", re.I)
+_NAMING = re.compile(r"\b(?:if|when|how many of)\b[^?.,;]*$", re.I)
+
+
+def _only_names(question: str, at: int) -> bool:
+    """Whether the superlative at `at` only names the thing asked about (see superlatives)."""
+    return bool(_YES_NO.match(question) or _NAMING.search(question[:at]))
 
 
 def row_value(row: str, kind: str) -> float | None:

@@ -309,6 +309,19 @@ def test_superlatives_compare_the_rows_of_a_table():
     assert grounding == "extractive" and "syd1" in text  # a name is no number: the quote with the fact is added
 
 
+def test_an_extreme_that_only_names_the_thing_asked_about_asks_for_no_row():
+    """qa_dev7: "Is phone support included if I only have the cheapest server plan?" was answered by the Dinghy's row
+    (the cheapest), "How many of the largest 8-core servers can a brand-new account run?" by the Galleon's."""
+    from rag.tables import superlatives
+
+    assert superlatives("how much memory comes with your cheapest server?") == [("money", False)]
+    assert superlatives("whats the monthly price on ur biggest server tier") == [("money", True)]
+    for q in ("Is phone support included if I only have the cheapest server plan?",
+              "How many of the largest 8-core servers can a brand-new account run at the same time?",
+              "Can I order the biggest dedicated-core server in Singapore?", "what do I get when I pick the cheapest?"):
+        assert superlatives(q) == [], q
+
+
 def test_a_code_the_documents_do_not_hold_is_unknown():
     from rag.claims import unknown_codes
 

@@ -169,3 +169,12 @@ def test_demo_a_question_about_a_plan_no_source_states_is_refused(demo_kb):
         assert r.confidence >= demo_kb.cfg.min_score
     r = demo_kb.retrieve("When will block storage be available in Sydney?")
     assert not r.refused and any("planned for the second half of 2026" in s.text for s in r.sources)
+
+
+def test_demo_an_extreme_that_only_names_the_thing_asked_about_is_not_answered_by_its_row(demo_kb):
+    """The quote answers what is asked of the cheapest plan (phone support), not the cheapest plan's row."""
+    chat = _chat("Is phone support included if I only have the cheapest server plan?")
+    r = demo_kb.retrieve_conversation(chat)
+    reply = demo_kb.guard_session(chat, r)
+    text = reply.feed("") + reply.finish()
+    assert "Harbor Priority" in text.split(" [")[0], text
