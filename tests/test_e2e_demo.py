@@ -103,6 +103,11 @@ def test_served_demo_cites_its_source_and_refuses_off_topic(built):
         assert body["choices"][0]["message"]["content"] == refusal
         assert refusal.startswith("Ahoy!")  # the persona holds even when refusing
         assert not body.get("sources")
+        # near-domain: the score gate lets it through; the demo's scope examples refuse it (rag/scope.py)
+        near = {**ask, "messages": [{"role": "user", "content": "can I rent a server with an nvidia gpu?"}]}
+        body = httpx.post(f"{base}/v1/chat/completions", json=near, timeout=300).json()
+        assert body["choices"][0]["message"]["content"] == refusal and body["grounding"] == "refused"
+        assert body["confidence"] >= load_config(CONFIG).knowledge.min_score
     finally:
         proc.terminate()
         proc.wait(timeout=60)
