@@ -143,7 +143,8 @@ class KnowledgeBase:
         from rag.answerable import asks_plan, missing_contact, states_plan
 
         # the question as searched, embedded once: the ranking and the general-world check read the same vector
-        qvec = self.embedder.embed_query(self.retriever.expand(question))
+        searched = self.retriever.expand(question)
+        qvec = self.embedder.embed_query(searched)
         ranked = self.retriever.search(question, qvec=qvec)
         confidence = nearest = max((s.score for s in ranked), default=0.0)
         table, listed = self._table(question, ranked, qvec) if listing else ([], False)
@@ -161,7 +162,7 @@ class KnowledgeBase:
         elif sources and missing_contact(question, texts):
             sources, refused, why = [], True, _NO_CONTACT
         elif sources and asks_plan(question) and not states_plan(
-                [e.text for e in self.guard.evidence(self.retriever.expand(question), sources)]):
+                [e.text for e in self.guard.evidence(searched, sources)]):
             sources, refused, why = [], True, "asks about a plan no source states"
         like = self._like_example(qvec, nearest, world) if sources and not listed else ""
         if like:
