@@ -70,6 +70,19 @@ def test_a_bare_figure_is_no_answer():
     assert run("When did Frankfurt open?", "Ahoy! It opened in 2019 [2].")[1] == "generated"
 
 
+def test_a_sentence_about_the_same_thing_is_quoted_with_the_one_that_names_it():
+    """"If the same key is sent again within 24 hours, ..." says which key only with the sentence before it, which
+    holds the answer to "is there a way to make retries safe?" (the Idempotency-Key header)."""
+    api = Source("api.html", "API > Idempotency", None, "c4", 0.6, text=(
+        "API > Idempotency\nFor POST requests, send an Idempotency-Key header with a unique value, such as a UUID. "
+        "If the same key is sent again within 24 hours, the API returns the original response instead of creating a "
+        "duplicate resource."))
+    text, grounding, _ = run("My retried requests create duplicate servers. How long is a retried request "
+                             "remembered?", "Ahoy! Retries are fine.", sources=(api,))
+    assert grounding == "extractive" and "24 hours" in text
+    assert text.startswith("Ahoy! For POST requests, send an Idempotency-Key header"), text
+
+
 def test_missing_persona_opening_is_restored():
     text, grounding, _ = run("How much is the Sloop per month?", "The Sloop plan costs $14 per month [1].")
     assert text.startswith("Ahoy! The Sloop plan costs $14") and grounding == "generated"
