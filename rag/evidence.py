@@ -38,6 +38,10 @@ _PLACE = re.compile(r"\b\d+\s+(?:[A-Z][a-z]+\s+)+"
 _STREET = re.compile(_PLACE.pattern + r"|\bP\.?\s?O\.? Box \d+")  # any postal address
 _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\b\d{3}[ .-]\d{4}\b")  # not "1200-371"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.\w+")
+# a web address: "status.byteharbor.cloud", "https://..." (not an e-mail's domain, not "e.g." or "v1.2"); asked for by
+# "url", "website" ("status page url?" was quoted the page's hosting; a "web page" is not asked for by its address)
+_WEB = re.compile(r"\bhttps?://\S+|(?<![@\w.-])(?:[a-z0-9-]+\.)+(?:com|cloud|io|net|org|dev|app|co|ca|pt|de|eu|uk|au)\b",
+                  re.I)
 _ASKS_EMAIL = re.compile(r"\be-?mail address", re.I)  # what asks for one (a "verification email" does not)
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
@@ -59,6 +63,7 @@ _ASKS = [
     (re.compile(r"\b((?<!e-mail )(?<!email )address|street|headquarter|headquarters|hq)\b", re.I),
      _STREET),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), _PHONE),
+    (re.compile(r"\b(url|website|web ?site|web ?address|homepage|link to the)\b", re.I), _WEB),
     (re.compile(r"\b(when|what year|what date|since|founded|deadline|how long|what time|hours|how often|how soon|"
                 r"how fast|time limit|timeout|how much (?:notice|time|warning|longer))\b", re.I),
      re.compile(r"\b(19|20)\d\d\b|\b\d{1,2}:\d\d\b|\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"

@@ -83,6 +83,18 @@ def test_a_sentence_about_the_same_thing_is_quoted_with_the_one_that_names_it():
     assert text.startswith("Ahoy! For POST requests, send an Idempotency-Key header"), text
 
 
+def test_a_question_asking_for_a_web_address_gets_the_sentence_that_writes_one():
+    """"status page url?" was quoted the status page's hosting, which its words match better."""
+    status = Source("status.txt", "Status page", None, "c5", 0.6, text=(
+        "Status page\nLive service status is published at status.byteharbor.cloud. The status page is hosted with an "
+        "outside provider, on infrastructure separate from our own regions, so that the page stays reachable during "
+        "an outage."))
+    text, _, _ = run("status page url?", "Ahoy!", sources=(status,))
+    assert text.startswith("Ahoy! Live service status is published at status.byteharbor.cloud"), text
+    assert asked_kinds("What's the website of the status page?")[0].search("see https://status.example.com")
+    assert not asked_kinds("status page url?")[0].search("write to status@byteharbor.cloud")
+
+
 def test_missing_persona_opening_is_restored():
     text, grounding, _ = run("How much is the Sloop per month?", "The Sloop plan costs $14 per month [1].")
     assert text.startswith("Ahoy! The Sloop plan costs $14") and grounding == "generated"
