@@ -54,6 +54,10 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                "vuln": "vulnerability", "vulns": "vulnerability", "pw": "password", "pwd": "password",
                "acct": "account", "db": "database", "repo": "repository", "config": "configuration",
                "docs": "documentation", "auth": "authentication",
+               # units typed short ("api rate limit per min per token?" was quoted the suspension rule, not the
+               # limits' table: the documents write "per minute"); "min" alone may be a minimum
+               "per min": "minute", "mins": "minutes", "per sec": "second", "secs": "seconds", "per hr": "hour",
+               "hr": "hour", "hrs": "hours", "yr": "year", "yrs": "years",
                # ways of asking for the company's support
                "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",
                "speak to someone": "support", "call you": "phone support", "contact you": "support",

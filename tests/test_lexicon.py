@@ -30,3 +30,8 @@ def test_a_customers_phrase_gets_the_word_the_documents_write():
     # page, whose "Reporting a vulnerability" answers it
     assert equivalents("think i found a vuln in your console", sorted(vocab + ["vulnerability"])) == ["vulnerability"]
     assert equivalents("can i just call you guys?", sorted(vocab + ["phone", "support"])) == ["phone support"]
+    # units typed short: "api rate limit per min per token?" missed the table that writes "600 requests per minute"
+    units = sorted(vocab + ["minute", "hour"])
+    assert equivalents("api rate limit per min per token?", units) == ["minute"]
+    assert equivalents("how many hrs till it unlocks", units) == ["hours"]
+    assert equivalents("min disk size?", units) == []  # a minimum, maybe
