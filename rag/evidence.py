@@ -60,7 +60,8 @@ _ASKS = [
      # or a role ("a certified electrician may install it")
      re.compile(_PERSON.pattern + "|" + _ROLE)),
     (re.compile(r"\b(street|visit\w*|walk)\b", re.I), _PLACE),
-    (re.compile(r"\b((?<!e-mail )(?<!email )address|street|headquarter|headquarters|hq)\b", re.I),
+    (re.compile(r"\b((?<!e-mail )(?<!email )(?<!ip )(?<!public )(?<!floating )(?<!static )(?<!reserved )(?<!mac )"
+                r"address|street|headquarter|headquarters|hq)\b", re.I),
      _STREET),
     (re.compile(r"\b(phone|telephone|dial|call us|ring)\b", re.I), _PHONE),
     (re.compile(r"\b(url|website|web ?site|web ?address|homepage|link to the)\b", re.I), _WEB),

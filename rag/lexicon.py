@@ -58,6 +58,10 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                # limits' table: the documents write "per minute"); "min" alone may be a minimum
                "per min": "minute", "mins": "minutes", "per sec": "second", "secs": "seconds", "per hr": "hour",
                "hr": "hour", "hrs": "hours", "yr": "year", "yrs": "years",
+               # other clouds' names for an address kept across servers
+               "static ip": "floating ip", "reserved ip": "floating ip", "elastic ip": "floating ip",
+               "static ips": "floating ip", "reserved ips": "floating ip", "elastic ips": "floating ip",
+               "reserved public address": "floating ip", "static public ip": "floating ip",
                # ways of asking for the company's support
                "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",
                "speak to someone": "support", "call you": "phone support", "contact you": "support",

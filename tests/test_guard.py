@@ -255,6 +255,8 @@ def test_a_place_or_a_thing_after_an_article_or_preposition_is_no_persons_name()
 
 def test_a_street_address_is_no_po_box():
     # "whats the street address of your head office" quoted the mailing address first: a PO box had the address shape
+    # an IP address is no place: "its reserved public address ... am I paying for it?" was quoted the PO box
+    assert not any(k.search("PO Box 3142, Halifax") for k in asked_kinds("I detached its public address; do I pay?"))
     street = asked_kinds("whats the street address of your head office")[0]
     assert street.search("Address: 88 Cable Wharf Road, Suite 400, Halifax") and street.search("Rua da Ribeira Nova 42")
     assert not street.search("Send cheques to: Byte Harbor Cloud Inc., PO Box 3142, Halifax Central")

@@ -35,3 +35,8 @@ def test_a_customers_phrase_gets_the_word_the_documents_write():
     assert equivalents("api rate limit per min per token?", units) == ["minute"]
     assert equivalents("how many hrs till it unlocks", units) == ["hours"]
     assert equivalents("min disk size?", units) == []  # a minimum, maybe
+    # other clouds' names: "I took its reserved public address off it ... am I paying for it?" missed the floating IPs
+    ips = sorted(vocab + ["floating", "ip"])
+    assert known(ips, "floating ip")
+    assert equivalents("I took its reserved public address off the server", ips) == ["floating ip"]
+    assert equivalents("do static ips cost extra", ips) == ["floating ip"]
