@@ -167,7 +167,8 @@ class KnowledgeConfig(Section):
                              "sources' best-matching sentences (the guard's quote), 'send' sends `refusal`")
     off_topic: bool = Field(True, description="refuse a question that nearly repeats one of a bank of general-world "
                                               "questions (weather, trivia, other vendors' products; rag/off_topic.py) "
-                                              "and is nearer to it than to the documents")
+                                              "and is nearer to it than to the documents, or that is about them only "
+                                              "through a place they name (rag/places.py)")
     scope_examples: Path | None = Field(
         None, description="JSONL of {question, source}: examples of what the documents answer (source: the file) and "
                           "leave open (source null), with train_qa's questions; a question nearer an open one than "

@@ -20,6 +20,7 @@ TABLE_CHUNKS = 4  # ... and it fills this many chunks at most
 TABLE_POOL = 30   # ranked from this many candidates (hybrid: fewer fuse shorter lists, where a table's rows rank low)
 _LIKE = "nearly repeats"  # Retrieval.why of the example checks (_like_example)
 _NO_CONTACT = "asks for a contact or a person no source holds for what it names"  # Retrieval.why (rag/answerable.py)
+_PLACE_ONLY = "about a place the documents name, not about what they say of it"  # Retrieval.why (rag/places.py)
 
 
 class KnowledgeBase:
@@ -135,10 +136,11 @@ class KnowledgeBase:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail or a
         street address that none of them writes, or nearly repeats a general-world question (rag/off_topic.py) or an
-        example of what the documents leave open (rag/scope.py) more than the documents. When answered, sources under
-        the threshold are dropped too (they would be irrelevant citations). A question that asks to list a table's rows
-        gets the whole table (see _table); `listing=False` for a follow-up's query made of several turns;
-        `world=False` leaves the general-world check out (a follow-up alone, see retrieve_conversation)."""
+        example of what the documents leave open (rag/scope.py) more than the documents, or is about them only
+        through a place they name (rag/places.py). When answered, sources under the threshold are dropped too (they
+        would be irrelevant citations). A question that asks to list a table's rows gets the whole table (see
+        _table); `listing=False` for a follow-up's query made of several turns; `world=False` leaves the
+        general-world and the place checks out (a follow-up alone, see retrieve_conversation)."""
         from rag.claims import unknown_codes
         from rag.answerable import asks_plan, missing_contact, states_plan
 
@@ -167,8 +169,23 @@ class KnowledgeBase:
         like = self._like_example(qvec, nearest, world) if sources and not listed else ""
         if like:
             sources, refused, why = [], True, like
+        elif sources and not listed and world and self.cfg.off_topic and self._only_through_places(question, searched,
+                                                                                                   texts):
+            sources, refused, why = [], True, _PLACE_ONLY
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
+
+    def _only_through_places(self, question: str, searched: str, texts: list[str]) -> bool:
+        """Whether the question names a place of the world that the sources write (rag/places.py) and, without it,
+        no document scores PLACE_FLOOR: "whats the best time of year to visit lisbon" is about Lisbon, not about the
+        Lisbon office. Not for a follow-up alone ("what about in lisbon?" after the Halifax office's hours)."""
+        from rag.places import PLACE_FLOOR, named_places, without_places
+
+        places = named_places(question, texts)
+        if not places:
+            return False
+        rest = without_places(searched, places)
+        return max((s.score for s in self.retriever.search(rest)), default=0.0) < PLACE_FLOOR
 
     def _like_example(self, qvec: list[float], nearest: float, world: bool = True) -> str:
         """Why the question (its vector as searched; `nearest`: the documents' best score) is refused for what it

@@ -65,3 +65,21 @@ def smollm2_dir() -> Path:
     from builder.base_model import import_base
 
     return import_base()
+
+
+@pytest.fixture(scope="session")
+def demo_kb_plain(tmp_path_factory):
+    """The demo's knowledge indexed with the real embedder, with the demo config's gate and without its scope examples
+    (the general-world and place checks alone; tests that toggle a knob restore it)."""
+    import uuid
+
+    from protege.config_file import load_config
+    from rag.knowledge import KnowledgeBase
+
+    repo = Path(__file__).resolve().parent.parent
+    k = load_config(repo / "configs" / "captain-byte.yaml").knowledge
+    kb = KnowledgeBase.from_folder(repo / "examples" / "captain-byte" / "knowledge", "demo-" + uuid.uuid4().hex[:6],
+                                   tmp_path_factory.mktemp("demo-kb"), min_score=k.min_score, top_k=k.top_k,
+                                   unknown_name_factor=k.unknown_name_factor)
+    kb.index()
+    return kb

@@ -7,7 +7,6 @@ are refused, questions about the company are not, and `knowledge.off_topic: fals
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ import pytest
 
 from rag.off_topic import BANK, FLOOR, MARGIN, OffTopic
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "examples" / "captain-byte"
 
 
 class CountingEmbed:
@@ -84,16 +81,9 @@ def test_the_shipped_bank_is_general_world_questions():
 
 # --- the real demo index, embedder and gate ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo_kb(tmp_path_factory):
-    from protege.config_file import load_config
-    from rag.knowledge import KnowledgeBase
-
-    k = load_config(REPO / "configs" / "captain-byte.yaml").knowledge
-    kb = KnowledgeBase.from_folder(DEMO / "knowledge", "demo-" + uuid.uuid4().hex[:6], tmp_path_factory.mktemp("o"),
-                                   min_score=k.min_score, top_k=k.top_k, unknown_name_factor=k.unknown_name_factor)
-    kb.index()
-    return kb
+@pytest.fixture
+def demo_kb(demo_kb_plain):
+    return demo_kb_plain
 
 
 WORLDLY = ["What's the weather going to be like in Halifax tomorrow?", "what's the capital of australia?",
