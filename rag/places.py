@@ -26,11 +26,13 @@ def gazetteer() -> frozenset[str]:
         import zoneinfo
         from importlib import resources
 
+        import tzdata  # the IANA database as a package: its zone names and iso3166.tab, whatever the OS ships
+
         for zone in zoneinfo.available_timezones():
             area, _, city = zone.rpartition("/")
             if area and city[:1].isupper():
                 names.add(city.replace("_", " ").lower())
-        table = resources.files("tzdata").joinpath("zoneinfo", "iso3166.tab").read_text(encoding="utf-8")
+        table = resources.files(tzdata).joinpath("zoneinfo", "iso3166.tab").read_text(encoding="utf-8")
         names.update(line.split("\t", 1)[1].strip().lower() for line in table.splitlines()
                      if "\t" in line and not line.startswith("#"))
     except (ImportError, OSError):
