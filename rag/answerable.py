@@ -12,6 +12,12 @@ someone's name: the gate's score says the sources are about the question, not th
   plans to open a region in Brazil?") must be stated: one of the best sentences for the question says what is planned
   ("planned for the second half of 2026"). The regions table answers what is, not what will be.
 
+- A company's financial figure ("What was Byte Harbor's total revenue last year?", "what's your valuation?") must be
+  written: a sentence that names it holds an amount of money. The history page says the company "gives 1% of its
+  yearly revenue" to charity, which scored the question 0.64 and matched the answerable example "How much of its
+  revenue does Byte Harbor give to charity?" more than the open "...total revenue in 2024?"; a share of it ("how much
+  of its revenue goes to charity?") is no figure asked for.
+
 Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare public address")
 ask for no number; "When is the Lisbon office open?" asks for hours, not a plan."""
 
@@ -64,6 +70,26 @@ def asks_plan(question: str) -> bool:
 def states_plan(sentences: Sequence[str]) -> bool:
     """Whether one of the sentences (the best for the question, first) states a plan."""
     return any(_PLAN.search(s) for s in sentences[:PLAN_SENTENCES])
+
+
+# a company's financial figure, and what asks for a share of one instead ("how much of its revenue", "what percent of")
+_FINANCIAL_ASK = re.compile(r"\b(revenues?|profits?|valuation|valued at|earnings|turnover|net income|ebitda|"
+                            r"net worth|market cap\w*|annual sales)\b", re.I)
+_SHARE_ASK = re.compile(r"\bhow much of\b|\bwhat (?:share|part|portion|fraction|percent\w*)\b|"
+                        r"\b(?:percent|percentage|share|portion|fraction|proportion) of\b|%", re.I)
+_MONEY = re.compile(r"[$€£]\s?\d|\b(?:usd|eur|cad|gbp|aud|chf)\s?\d|\d(?:[.,]\d+)?\s?(?:million|billion|usd|eur|cad|"
+                    r"gbp|aud|dollars|euros)\b", re.I)
+
+
+def missing_figure(question: str, texts: Sequence[str]) -> bool:
+    """True when the question asks for a company's financial figure (not a share of it) and no sentence of the
+    sources that names it holds an amount of money (see the module doc)."""
+    asking = asking_part(question)
+    m = _FINANCIAL_ASK.search(asking)
+    if m is None or _SHARE_ASK.search(asking):
+        return False
+    word = m.group(1).lower().split()[0][:5]  # "revenues" ~ "revenue", "valuation" ~ "valued"
+    return not any(_holds_word(s, word) and _MONEY.search(s) for t in texts for s in split_sentences(t))
 
 
 # a word a source writes capitalised inside a line: a name ("the Singapore office", "Address: ..., Singapore 098412")

@@ -69,3 +69,30 @@ def test_a_plan_must_be_stated_by_one_of_the_best_sentences():
     assert states_plan([planned, row]) and states_plan([row, planned])
     assert not states_plan([row, "Load balancers are available in hfx1, yyz1, lis1 and fra1 only."])
     assert not states_plan([row] * PLAN_SENTENCES + [planned])  # too far down: about something else
+
+
+def test_a_financial_figure_must_be_written_as_money():
+    from rag.answerable import missing_figure
+
+    history = ["Our Story > Clear Waters\nThrough its Clear Waters pledge, Byte Harbor gives 1% of its yearly revenue "
+               "to ocean-cleanup charities.",
+               "Our Story > Funding\n2018 - raised a CAD 11.5 million Series A led by Tidewater Ventures."]
+    for q in ("What was Byte Harbor's total revenue last year?", "how much revenue did u make in 2024",
+              "whats ur valuation", "How much profit did the company make?"):
+        assert missing_figure(q, history), q
+    # a share of the revenue is what the page states; a raise is written as money; no figure asked
+    for q in ("How much of its revenue does Byte Harbor give to charity?", "What percentage of revenue goes to "
+              "charity?", "How much did Byte Harbor raise in its Series A?", "Who led the Series A?"):
+        assert not missing_figure(q, history), q
+    stated = history + ["Our Story > Results\nIn 2024 the company's revenue was CAD 41 million."]
+    assert not missing_figure("What was Byte Harbor's total revenue last year?", stated)
+
+
+def test_demo_a_financial_figure_the_documents_never_state_is_refused(demo_kb_plain):
+    """The real index and gate, without scope examples: the history page's "1% of its yearly revenue" scores the
+    question over the gate, and states no revenue."""
+    r = demo_kb_plain.retrieve("what was your annual revenue in 2023?")
+    assert r.refused and r.why == "asks for a financial figure no source states", r.why
+    assert r.confidence >= demo_kb_plain.cfg.min_score
+    r = demo_kb_plain.retrieve("How much of its revenue does Byte Harbor give to charity?")
+    assert not r.refused and any("1% of its yearly revenue" in s.text for s in r.sources)
