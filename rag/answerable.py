@@ -1,5 +1,6 @@
-"""Whether the retrieved sources can answer what a question asks for, when it asks for a way to reach someone or for
-someone's name: the gate's score says the sources are about the question, not that they hold the fact.
+"""Whether the retrieved sources can answer what a question asks for, when it asks for a way to reach someone,
+someone's name, a plan or a financial figure: the gate's score says the sources are about the question, not that they
+hold the fact.
 
 - A phone number, an e-mail address or a street address must be written in a source, and in one that names the
   place or thing the question names: "What's the phone number for the Singapore office reception?" passes the score
