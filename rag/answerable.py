@@ -1,5 +1,5 @@
 """Whether the retrieved sources can answer what a question asks for, when it asks for a way to reach someone,
-someone's name, a plan or a financial figure: the gate's score says the sources are about the question, not that they
+someone's name, a plan, a financial figure or a compliance standard: the gate's score says the sources are about the question, not that they
 hold the fact.
 
 - A phone number, an e-mail address or a street address must be written in a source, and in one that names the
@@ -19,13 +19,19 @@ hold the fact.
   revenue does Byte Harbor give to charity?" more than the open "...total revenue in 2024?"; a share of it ("how much
   of its revenue goes to charity?") is no figure asked for.
 
+- A compliance standard or law the question names (HIPAA, PCI DSS, FedRAMP, SOC 1, ISO 9001, ...) must be written in
+  the documents: "do u sign a hipaa business associate agreement" matched the security page's GDPR agreement (0.36,
+  over the gate), which says nothing of HIPAA. The whole documents, not the sources: "our compliance team is strict
+  about GDPR ... where do the backups end up?" is answered by the backup page. The list is of well-known names, so a
+  typo or an unknown acronym is left to the score.
+
 Kept to the unmistakable asks: "phone" alone ("alerts on my phone") or "address" alone ("a spare public address")
 ask for no number; "When is the Lisbon office open?" asks for hours, not a plan."""
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rag.claims import STOP_WORDS, WORD
 from rag.evidence import _ASKS_EMAIL, _EMAIL, _PERSON, _PHONE, _ROLE, _STREET
@@ -91,6 +97,25 @@ def missing_figure(question: str, texts: Sequence[str]) -> bool:
         return False
     word = m.group(1).lower().split()[0][:5]  # "revenues" ~ "revenue", "valuation" ~ "valued"
     return not any(_holds_word(s, word) and _MONEY.search(s) for t in texts for s in split_sentences(t))
+
+
+# well-known compliance standards and laws, as customers type them (the digits of ISO and SOC kept)
+_STANDARD = re.compile(r"\b(hipaa|hitrust|pci(?:[ -]?dss)?|fedramp|stateramp|fisma|sox|sarbanes[ -]oxley|ferpa|ccpa|"
+                       r"cpra|cjis|itar|irap|tisax|cmmc|pipeda|lgpd|gdpr|nis ?2|dora|c5|"
+                       r"iso(?:/iec)?[ -]?\d{4,5}|soc ?[123])\b", re.I)
+
+
+def missing_standard(question: str, corpus_text: Callable[[], str]) -> list[str]:
+    """The compliance standards the question names (_STANDARD) that the documents (`corpus_text()`: all of their
+    text, read only when the question names one) never write, spaces and dashes aside ("SOC 2" holds "soc2";
+    "ISO/IEC 27001" holds "iso 27001")."""
+    from rag.claims import flat_text, holds_code
+
+    asked = {re.sub(r"[\s/-]|iec", "", m.group(1).lower()) for m in _STANDARD.finditer(question)}
+    if not asked:
+        return []
+    flat = flat_text(corpus_text()).replace("/iec", "")
+    return sorted(a for a in asked if not holds_code(flat, a))
 
 
 # a word a source writes capitalised inside a line: a name ("the Singapore office", "Address: ..., Singapore 098412")

@@ -189,6 +189,10 @@ class Retriever:
             held[acronym] = _spelled_out(acronym, self._all_text(bm25), capitals=True)
         return held[acronym]
 
+    def corpus_text(self) -> str:
+        """Every chunk's text (see _all_text), once per version of the index: what the whole documents write."""
+        return self._all_text(self.store.bm25())
+
     def _spaced_text(self, bm25) -> str:
         """All text as single-spaced words (rag/lexicon.spaced), kept once per version of the index: a name phrase is
         looked up in it."""
