@@ -47,7 +47,10 @@ def known_pieces(token: str, vocab: list[str]) -> bool:
 # what customers call a thing -> the word documents write for it, where neither the embedder nor BM25 links the two
 # and no document spells one out as the other: "whats the street address of your head office" quoted Singapore's
 # address, the Halifax one's heading says "(headquarters)"; "HQ" counted as a name the documents lack; "where are you
-# based?" found the regions. Each entry was kept only when both held-out splits lost nothing (quote-only)
+# based?" found the regions. Each entry was kept only when both held-out splits lost nothing (quote-only). The hosting
+# customers' batch ("2fa", "api key", "free trial", "premium support", "extra disk", ...) was written from the
+# documents' names for things, not from any QA file: dev quote-only first sentence +1; held-out 2 answered 45 -> 47 of
+# 47, right source in the top 3 43 -> 45, holds 39/45 -> 40/47; held-out unchanged
 EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office": "headquarters",
                "head offices": "headquarters",
                # customers' shorthand
@@ -58,6 +61,17 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                # limits' table: the documents write "per minute"); "min" alone may be a minimum
                "per min": "minute", "mins": "minutes", "per sec": "second", "secs": "seconds", "per hr": "hour",
                "hr": "hour", "hrs": "hours", "yr": "year", "yrs": "years",
+               # what hosting customers call the documents' things
+               "2fa": "two-factor", "mfa": "two-factor", "multi-factor": "two-factor", "multi factor": "two-factor",
+               "authenticator app": "two-factor", "api key": "api token", "api keys": "api token",
+               "access key": "api token", "access token": "api token", "free credit": "welcome credit",
+               "free trial": "welcome credit", "trial credit": "welcome credit", "signup credit": "welcome credit",
+               "bug bounty": "bounty", "dns hosting": "managed dns", "hosted dns": "managed dns",
+               "premium support": "harbor priority", "priority support": "harbor priority",
+               "paid support": "harbor priority", "nonprofit discount": "lighthouse", "charity discount": "lighthouse",
+               "education discount": "lighthouse", "school discount": "lighthouse", "extra disk": "block storage",
+               "additional storage": "block storage", "additional disk": "block storage", "extra storage": "block storage",
+               "throttled": "rate limit", "throttling": "rate limit",
                # other clouds' names for an address kept across servers
                "static ip": "floating ip", "reserved ip": "floating ip", "elastic ip": "floating ip",
                "static ips": "floating ip", "reserved ips": "floating ip", "elastic ips": "floating ip",

@@ -40,3 +40,10 @@ def test_a_customers_phrase_gets_the_word_the_documents_write():
     assert known(ips, "floating ip")
     assert equivalents("I took its reserved public address off the server", ips) == ["floating ip"]
     assert equivalents("do static ips cost extra", ips) == ["floating ip"]
+    # what hosting customers call the documents' things
+    things = sorted(vocab + ["two", "factor", "api", "token", "welcome", "credit", "harbor", "priority", "lighthouse"])
+    assert equivalents("is 2fa mandatory for admins?", things) == ["two-factor"]
+    assert equivalents("where do i make an api key", things) == ["api token"]
+    assert equivalents("do you have a free trial", things) == ["welcome credit"]
+    assert equivalents("how much is premium support", things) == ["harbor priority"]
+    assert equivalents("any nonprofit discount?", things) == ["lighthouse"]
