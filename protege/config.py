@@ -173,6 +173,9 @@ class KnowledgeConfig(Section):
         None, description="JSONL of {question, source}: examples of what the documents answer (source: the file) and "
                           "leave open (source null), with train_qa's questions; a question nearer an open one than "
                           "every answerable one and the documents is refused (rag/scope.py)")
+    synonyms: Path | None = Field(
+        None, description="YAML mapping of what customers say to the documents' word for it ('premium support: harbor "
+                          "priority'); a question saying the one is also searched with the other (rag/lexicon.py)")
     follow_up_turns: int = Field(2, ge=1, description="a follow-up question is retrieved together with this many "
                                                       "recent user turns")
     train_qa: Path | None = Field(None, description="JSONL of {question, answer, source}: grounded training examples "
@@ -324,6 +327,8 @@ def resolve_paths(cfg: AssistantConfig, root: Path) -> AssistantConfig:
         cfg.knowledge.eval_qa = fix(cfg.knowledge.eval_qa)
         if cfg.knowledge.scope_examples is not None:  # assigned, a knob counts as set (stages._NEW_KNOBS)
             cfg.knowledge.scope_examples = fix(cfg.knowledge.scope_examples)
+        if cfg.knowledge.synonyms is not None:
+            cfg.knowledge.synonyms = fix(cfg.knowledge.synonyms)
         if cfg.knowledge.rerank and not Path(cfg.knowledge.rerank).is_absolute() and (root / cfg.knowledge.rerank).exists():
             cfg.knowledge.rerank = str((root / cfg.knowledge.rerank).resolve())
     base = cfg.base.model

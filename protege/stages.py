@@ -62,9 +62,10 @@ def _hash_obj(*parts: Any) -> str:
 _NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors", "train_near_miss_fraction", "model_refusal", "off_topic")
 
 
-# Knobs read only when answering: no key that dumps the knowledge section holds them (training never reads them); the
-# answers stage reads their files.
-_ANSWER_KNOWLEDGE_KNOBS = ("scope_examples",)
+# Knobs naming a file that the stages reading it hash by content (Files, below), not by its path: no key that dumps the
+# knowledge section holds them. scope_examples is read only when answering; synonyms also by the data stage (grounded
+# examples are rendered with what the retriever finds).
+_ANSWER_KNOWLEDGE_KNOBS = ("scope_examples", "synonyms")
 
 
 def _dump_knowledge(knowledge) -> Any:
@@ -222,7 +223,9 @@ STAGE_TABLE: tuple[Stage, ...] = (
           writes=lambda cfg, p: [p.knowledge]),
     Stage("data", needs=("data.files",), run="builder.data:prepare", result=DataResult,
           reads=(Cfg("data"), Cfg("persona"), Cfg("base.model"), Files("data.files"),
-                 When("knowledge.train_qa", (Key("index"), Files("knowledge.train_qa"), KNOWLEDGE))),
+                 When("knowledge.train_qa", (Key("index"), Files("knowledge.train_qa"), KNOWLEDGE)),
+                 # grounded examples are rendered with what the retriever finds, and synonyms change what it searches
+                 When("knowledge.synonyms", (Files("knowledge.synonyms"),))),
           writes=lambda cfg, p: [p.data / "train.jsonl"]),
     Stage("train", needs=("data.files",), run="builder.train:run", result=TrainResult,
           reads=(Key("data"), Cfg("train"), Cfg("base.model")),
@@ -236,7 +239,8 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("answers", needs=("knowledge.folder", "knowledge.eval_qa"), run="protege.answer_eval:run",
           result=AnswersResult, reads=(Key("export"), Key("index"), KNOWLEDGE, Cfg("persona"),
                                        Files("knowledge.eval_qa"),
-                                       When("knowledge.scope_examples", (Files("knowledge.scope_examples"),))),
+                                       When("knowledge.scope_examples", (Files("knowledge.scope_examples"),)),
+                                       When("knowledge.synonyms", (Files("knowledge.synonyms"),))),
           writes=lambda cfg, p: [p.eval / "answers.json"]),
     Stage("register", run="protege.stages:register", result=RegisterResult,
           reads=(Cfg(""), Key("export"), Key("index")), writes=lambda cfg, p: [p.config]),

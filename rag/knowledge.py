@@ -88,9 +88,12 @@ class KnowledgeBase:
             if self._retriever is None:
                 from rag.retrieve import Retriever
 
+                from rag.lexicon import load_synonyms
+
+                synonyms = load_synonyms(self.cfg.synonyms) if self.cfg.synonyms is not None else None
                 self._retriever = Retriever(self.store, self.embedder, self.cfg.top_k, self.cfg.hybrid,
                                             self.cfg.rerank, unknown_name_factor=self.cfg.unknown_name_factor,
-                                            sentences=self.cfg.sentence_vectors)
+                                            sentences=self.cfg.sentence_vectors, synonyms=synonyms)
             return self._retriever
 
     @property

@@ -55,8 +55,10 @@ DENSE_MARGIN = 0.1  # see _lift_closest
 class Retriever:
     def __init__(self, store: Store, embedder, top_k: int = 4, hybrid: bool = False, rerank: str | None = None,
                  candidates: int | None = None, unknown_name_factor: float = 1.0, dense_weight: float = 1.0,
-                 lexical_weight: float | None = None, sentences: bool = False):
+                 lexical_weight: float | None = None, sentences: bool = False, synonyms: dict[str, str] | None = None):
+        """`synonyms`: an assistant's own names for what its documents say (rag/lexicon.load_synonyms)."""
         self.store, self.embedder, self.top_k = store, embedder, top_k
+        self.synonyms = dict(synonyms or {})
         self.sentences = sentences  # a chunk's dense score is also its best sentence's (rag/sentence_store.py)
         # the weights of the two lists in the RRF sum; BM25 counts half once the dense list knows sentences (see the
         # module doc)
@@ -119,7 +121,8 @@ class Retriever:
         words = [phrase for w in acronyms if not _in_sorted(vocab, w.lower())
                  for phrase in [self._spelled(w, bm25)]
                  if phrase and phrase not in question.lower()]
-        words += [w for w in _equivalents(question, vocab) if w not in words]  # "head office" -> "headquarters"
+        words += [w for w in _equivalents(question, vocab, self.synonyms)  # "head office" -> "headquarters"
+                  if w not in words]
         return f"{question} ({'; '.join(words)})" if words else question
 
     # --- hybrid -------------------------------------------------------------------------------------------------
@@ -161,7 +164,8 @@ class Retriever:
             # "CFO": "Chief Financial Officer"
             if re.fullmatch(r"[A-Z]{3,6}", w) and self._spelled(w, bm25):
                 continue
-            if w.lower() in _EQUIVALENTS and _known(vocab, _EQUIVALENTS[w.lower()]):  # "HQ": "headquarters"
+            said = {**_EQUIVALENTS, **self.synonyms}.get(w.lower())
+            if said and _known(vocab, said):  # "HQ": "headquarters"
                 continue
             whole = len(w) >= 3 and w.isupper()  # an acronym of 3 letters or more is a whole word: COO is not "cool"
             for t in bm25_tokens(w):

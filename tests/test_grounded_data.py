@@ -150,3 +150,27 @@ def test_without_facts_leaves_the_topic_and_drops_the_fact():
     assert [s.chunk_id for s in near] == ["c1"]  # the other chunk held only the fact: dropped
     assert near[0].text == "Pricing > Extras\n- Snapshots are kept until you delete them.\nFloating IPs move with you."
     assert without_facts([src], "Who may install it?", "Ahoy! Only a certified electrician.") is None
+
+
+def test_synonyms_retrain_when_edited_and_never_reindex(tmp_path):
+    """knowledge.synonyms changes what the retriever searches: the grounded examples (data, then train) and the
+    answers count the file's content; the index does not; left unset, no key changes."""
+    from protege.stages import Cfg, _dump_knowledge, plan_stages
+
+    eval_qa = tmp_path / "eval.jsonl"
+    eval_qa.write_text(json.dumps({"question": "q?", "source": "warranty.txt"}) + "\n")
+    cfg = _cfg(tmp_path, eval_qa=str(eval_qa))
+    paths = AssistantPaths.for_name(cfg.name)
+    before = {p.name: p.key for p in plan_stages(cfg, paths)}
+    synonyms = tmp_path / "synonyms.yaml"
+    synonyms.write_text("premium support: harbor priority\n")
+    cfg.knowledge.synonyms = synonyms
+    set_ = {p.name: p.key for p in plan_stages(cfg, paths)}
+    assert set_["index"] == before["index"]
+    assert set_["data"] != before["data"] and set_["train"] != before["train"] and set_["answers"] != before["answers"]
+    synonyms.write_text("premium support: harbor priority\nfree trial: welcome credit\n")
+    edited = {p.name: p.key for p in plan_stages(cfg, paths)}
+    assert edited["data"] != set_["data"] and edited["answers"] != set_["answers"] and edited["index"] == before["index"]
+    unset = _cfg(tmp_path, eval_qa=str(eval_qa))
+    assert "synonyms" not in Cfg("").parts(unset, {})[0]["knowledge"]
+    assert "synonyms" not in _dump_knowledge(cfg.knowledge)  # by content only, never by its path
