@@ -94,16 +94,23 @@ def test_editing_train_qa_retrains_and_a_plain_build_does_not_depend_on_the_inde
     assert "index" not in depends_on(cfg, "data")
 
 
-def test_scope_examples_rerun_the_answer_eval_and_never_retrain(tmp_path):
-    """knowledge.scope_examples changes what is answered, not what is trained: the answers stage (and the registered
-    config) count it, data and train do not; left unset, no key changes (assistants built before it keep theirs)."""
+def _with_answers(tmp_path):
+    """A grounded config with an eval_qa file (so the answers stage runs), its paths and its stage keys."""
     from protege.stages import plan_stages
 
     eval_qa = tmp_path / "eval.jsonl"
     eval_qa.write_text(json.dumps({"question": "q?", "source": "warranty.txt"}) + "\n")
     cfg = _cfg(tmp_path, eval_qa=str(eval_qa))
     paths = AssistantPaths.for_name(cfg.name)
-    before = {p.name: p.key for p in plan_stages(cfg, paths)}
+    return cfg, paths, {p.name: p.key for p in plan_stages(cfg, paths)}
+
+
+def test_scope_examples_rerun_the_answer_eval_and_never_retrain(tmp_path):
+    """knowledge.scope_examples changes what is answered, not what is trained: the answers stage (and the registered
+    config) count it, data and train do not; left unset, no key changes (assistants built before it keep theirs)."""
+    from protege.stages import plan_stages
+
+    cfg, paths, before = _with_answers(tmp_path)
     scope = tmp_path / "scope.jsonl"
     scope.write_text(json.dumps({"question": "What is your revenue?", "source": None}) + "\n")
     cfg.knowledge.scope_examples = scope
@@ -116,7 +123,7 @@ def test_scope_examples_rerun_the_answer_eval_and_never_retrain(tmp_path):
     # left unset, no key reads it: an assistant built before the knob has the keys it had
     from protege.stages import Cfg, _dump_knowledge
 
-    unset = _cfg(tmp_path, eval_qa=str(eval_qa))
+    unset = _with_answers(tmp_path)[0]
     assert "scope_examples" not in Cfg("").parts(unset, {})[0]["knowledge"]
     assert "scope_examples" not in _dump_knowledge(cfg.knowledge)
 
@@ -157,11 +164,7 @@ def test_synonyms_retrain_when_edited_and_never_reindex(tmp_path):
     answers count the file's content; the index does not; left unset, no key changes."""
     from protege.stages import Cfg, _dump_knowledge, plan_stages
 
-    eval_qa = tmp_path / "eval.jsonl"
-    eval_qa.write_text(json.dumps({"question": "q?", "source": "warranty.txt"}) + "\n")
-    cfg = _cfg(tmp_path, eval_qa=str(eval_qa))
-    paths = AssistantPaths.for_name(cfg.name)
-    before = {p.name: p.key for p in plan_stages(cfg, paths)}
+    cfg, paths, before = _with_answers(tmp_path)
     synonyms = tmp_path / "synonyms.yaml"
     synonyms.write_text("premium support: harbor priority\n")
     cfg.knowledge.synonyms = synonyms
@@ -171,6 +174,6 @@ def test_synonyms_retrain_when_edited_and_never_reindex(tmp_path):
     synonyms.write_text("premium support: harbor priority\nfree trial: welcome credit\n")
     edited = {p.name: p.key for p in plan_stages(cfg, paths)}
     assert edited["data"] != set_["data"] and edited["answers"] != set_["answers"] and edited["index"] == before["index"]
-    unset = _cfg(tmp_path, eval_qa=str(eval_qa))
+    unset = _with_answers(tmp_path)[0]
     assert "synonyms" not in Cfg("").parts(unset, {})[0]["knowledge"]
     assert "synonyms" not in _dump_knowledge(cfg.knowledge)  # by content only, never by its path
