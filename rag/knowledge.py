@@ -86,9 +86,8 @@ class KnowledgeBase:
     def retriever(self):
         with self._lock:
             if self._retriever is None:
-                from rag.retrieve import Retriever
-
                 from rag.lexicon import load_synonyms
+                from rag.retrieve import Retriever
 
                 synonyms = load_synonyms(self.cfg.synonyms) if self.cfg.synonyms is not None else None
                 self._retriever = Retriever(self.store, self.embedder, self.cfg.top_k, self.cfg.hybrid,
@@ -139,12 +138,12 @@ class KnowledgeBase:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail, a
         street address or a financial figure that none of them writes, names a compliance standard that no document
-        writes, or nearly repeats a general-world question (rag/off_topic.py) or an
-        example of what the documents leave open (rag/scope.py) more than the documents, or is about them only
-        through a place they name (rag/places.py). When answered, sources under the threshold are dropped too (they
-        would be irrelevant citations). A question that asks to list a table's rows gets the whole table (see
-        _table); `listing=False` for a follow-up's query made of several turns; `world=False` leaves the
-        general-world and the place checks out (a follow-up alone, see retrieve_conversation)."""
+        writes, nearly repeats a general-world question (rag/off_topic.py) or an example of what the documents leave
+        open (rag/scope.py) more than the documents, or is about them only through a place they name
+        (rag/places.py). When answered, sources under the threshold are dropped too (they would be irrelevant
+        citations). A question that asks to list a table's rows gets the whole table (see _table); `listing=False`
+        for a follow-up's query made of several turns; `world=False` leaves the general-world and the place checks
+        out (a follow-up alone, see retrieve_conversation)."""
         from rag.claims import unknown_codes
         from rag.answerable import asks_plan, missing_contact, missing_figure, missing_standard, states_plan
 

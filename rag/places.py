@@ -20,20 +20,22 @@ PLACE_FLOOR = 0.33  # a question naming a place is refused when, without it, no 
 @lru_cache(maxsize=1)
 def gazetteer() -> frozenset[str]:
     """Lower-cased names of the time zones' cities ("halifax", "lisbon") and of the countries ("portugal"); empty
-    without tzdata (then no question names a place)."""
+    without tzdata (then no question names a place). The cities are those of zone.tab, the canonical zones: the
+    legacy aliases name "Pacific", "Atlantic" and "Central" (US/Pacific, Canada/Atlantic), which documents write for
+    time ("08:00 to 20:00 Atlantic Time")."""
     names: set[str] = set()
     try:
-        import zoneinfo
         from importlib import resources
 
-        import tzdata  # the IANA database as a package: its zone names and iso3166.tab, whatever the OS ships
+        import tzdata  # the IANA database as a package: zone.tab and iso3166.tab, whatever the OS ships
 
-        for zone in zoneinfo.available_timezones():
-            area, _, city = zone.rpartition("/")
-            if area and city[:1].isupper():
-                names.add(city.replace("_", " ").lower())
-        table = resources.files(tzdata).joinpath("zoneinfo", "iso3166.tab").read_text(encoding="utf-8")
-        names.update(line.split("\t", 1)[1].strip().lower() for line in table.splitlines()
+        folder = resources.files(tzdata).joinpath("zoneinfo")
+        for line in folder.joinpath("zone.tab").read_text(encoding="utf-8").splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 3 and not line.startswith("#"):
+                names.add(fields[2].rsplit("/", 1)[-1].replace("_", " ").lower())
+        names.update(line.split("\t", 1)[1].strip().lower()
+                     for line in folder.joinpath("iso3166.tab").read_text(encoding="utf-8").splitlines()
                      if "\t" in line and not line.startswith("#"))
     except (ImportError, OSError):
         pass

@@ -16,6 +16,8 @@ OFFICES = ["Office Locations\nHalifax, Nova Scotia (headquarters): 88 Cable Whar
 def test_the_gazetteer_holds_the_time_zones_cities_and_the_countries():
     assert {"halifax", "lisbon", "toronto", "singapore", "new york", "portugal", "germany"} <= gazetteer()
     assert "byte" not in gazetteer() and "cloud" not in gazetteer()
+    # not the legacy zones' words for time: "08:00 to 20:00 Atlantic Time"
+    assert not {"atlantic", "pacific", "central", "north"} & gazetteer()
 
 
 def test_a_place_counts_when_a_source_writes_it_as_a_name():
