@@ -1,6 +1,6 @@
 """Whether the retrieved sources can answer what a question asks for, when it asks for a way to reach someone,
-someone's name, a plan, a financial figure or a compliance standard: the gate's score says the sources are about the question, not that they
-hold the fact.
+someone's name, a plan, a financial figure or a compliance standard: the gate's score says the sources are about the
+question, not that they hold the fact.
 
 - A phone number, an e-mail address or a street address must be written in a source, and in one that names the
   place or thing the question names: "What's the phone number for the Singapore office reception?" passes the score
@@ -99,9 +99,10 @@ def missing_figure(question: str, texts: Sequence[str]) -> bool:
     return not any(_holds_word(s, word) and _MONEY.search(s) for t in texts for s in split_sentences(t))
 
 
-# well-known compliance standards and laws, as customers type them (the digits of ISO and SOC kept)
+# well-known compliance standards and laws, as customers type them (the digits of ISO and SOC kept; not those that are
+# also a name or a code: DORA, C5)
 _STANDARD = re.compile(r"\b(hipaa|hitrust|pci(?:[ -]?dss)?|fedramp|stateramp|fisma|sox|sarbanes[ -]oxley|ferpa|ccpa|"
-                       r"cpra|cjis|itar|irap|tisax|cmmc|pipeda|lgpd|gdpr|nis ?2|dora|c5|"
+                       r"cpra|cjis|itar|irap|tisax|cmmc|pipeda|lgpd|gdpr|nis ?2|"
                        r"iso(?:/iec)?[ -]?\d{4,5}|soc ?[123])\b", re.I)
 
 

@@ -40,8 +40,8 @@ _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\b
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.\w+")
 # a web address: "status.byteharbor.cloud", "https://..." (not an e-mail's domain, not "e.g." or "v1.2"); asked for by
 # "url", "website" ("status page url?" was quoted the page's hosting; a "web page" is not asked for by its address)
-_WEB = re.compile(r"\bhttps?://\S+|(?<![@\w.-])(?:[a-z0-9-]+\.)+(?:com|cloud|io|net|org|dev|app|co|ca|pt|de|eu|uk|au)\b",
-                  re.I)
+_WEB = re.compile(r"\bhttps?://\S+|"
+                  r"(?<![@\w.-])(?:[a-z0-9-]+\.)+(?:com|cloud|io|net|org|dev|app|co|ca|pt|de|eu|uk|au)\b", re.I)
 _ASKS_EMAIL = re.compile(r"\be-?mail address", re.I)  # what asks for one (a "verification email" does not)
 # what a question asks for -> the kind of claim an answering sentence carries
 _ASKS = [
