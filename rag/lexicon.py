@@ -67,8 +67,9 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                "2fa": "two-factor", "mfa": "two-factor", "multi-factor": "two-factor", "multi factor": "two-factor",
                "authenticator app": "two-factor", "api key": "api token", "api keys": "api token",
                "access key": "api token", "access token": "api token",
-               "bug bounty": "bounty", "dns hosting": "managed dns", "hosted dns": "managed dns", "extra disk": "block storage",
-               "additional storage": "block storage", "additional disk": "block storage", "extra storage": "block storage",
+               "bug bounty": "bounty", "dns hosting": "managed dns", "hosted dns": "managed dns",
+               "extra disk": "block storage", "additional storage": "block storage", "additional disk": "block storage",
+               "extra storage": "block storage",
                "throttled": "rate limit", "throttling": "rate limit",
                # other clouds' names for an address kept across servers
                "static ip": "floating ip", "reserved ip": "floating ip", "elastic ip": "floating ip",
