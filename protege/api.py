@@ -351,7 +351,8 @@ class Assistant:
         text = "".join(parts)
         out._reply = Reply(text.strip() if prep.grounding else text, [Source(**s) for s in prep.sources or []],
                            prep.confidence, prep.grounding,
-                           {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}, finish)
+                           {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}, finish,
+                           prep.why)
 
     def _drop_engines(self) -> None:
         if self._service is not None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Reply:
     """One answer. `grounding` is None without retrieval, else generated | extractive (the guard quoted a source) |
     refused (below knowledge.min_score, or the guard found nothing supported); `sources` are as served (no chunk text:
-    `retrieve()` has it)."""
+    `retrieve()` has it); `why` says which gate refused a question the model never saw."""
 
     text: str
     sources: list[Source] = field(default_factory=list)
@@ -26,6 +26,7 @@ class Reply:
     grounding: str | None = None
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     finish_reason: str | None = None
+    why: str | None = None  # a refusal's reason: which gate refused ("below min_score 0.2946", "asks about a plan ...")
 
     @property
     def refused(self) -> bool:
@@ -34,7 +35,7 @@ class Reply:
     def to_dict(self) -> dict[str, Any]:
         """The `protege ask --json` object."""
         return {"answer": self.text, "sources": [s.to_dict() for s in self.sources], "confidence": self.confidence,
-                "refused": self.refused, "grounding": self.grounding}
+                "refused": self.refused, "grounding": self.grounding, "why": self.why}
 
 
 class ReplyStream:

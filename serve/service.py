@@ -53,6 +53,7 @@ class Prepared:
     confidence: float | None = None
     admission: Any = None
     grounding: str | None = None          # generated | extractive | refused (RAG answers only)
+    why: str | None = None                # which gate refused, as Retrieval.why says it (a RAG refusal only)
     guard_factory: Callable[[], Any] | None = None   # a fresh GuardedReply per choice (rag/guard.py); None: no guard
     lease: Callable[[], None] | None = None           # lets the engine go (keep_alive / LRU may unload it again)
 
@@ -149,7 +150,7 @@ class Service:
             prep.confidence = float(retrieval.confidence)
             if retrieval.refused:
                 prep.refusal = kb.refusal if isinstance(kb.refusal, str) else spec.cfg.knowledge.refusal
-                prep.grounding = "refused"
+                prep.grounding, prep.why = "refused", retrieval.why or None
                 if self.metrics:
                     self.metrics.rag_refusals.labels(spec.id).inc()
                 return

@@ -145,7 +145,8 @@ def test_ask_below_the_gate_refuses_without_calling_the_model(volt):
     assert reply.confidence < 0.35 and reply.usage == {"prompt_tokens": 0, "completion_tokens": 0}
     assert sum(e.calls for e in engines) == calls
     assert reply.to_dict() == {"answer": REFUSAL, "sources": [], "confidence": reply.confidence, "refused": True,
-                               "grounding": "refused"}
+                               "grounding": "refused", "why": reply.why}
+    assert reply.why and reply.why.startswith("below min_score")  # which gate refused (`protege ask --json` prints it)
 
 
 def test_ask_sends_the_grounded_prompt_and_returns_sources(volt):

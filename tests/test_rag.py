@@ -279,6 +279,7 @@ def test_cli_index_ask_eval_calibrate(tmp_path, capsys):
     assert main(["ask", str(cfg), "How long is the warranty?", "--json"]) == 0
     refused = json.loads(capsys.readouterr().out)
     assert refused["refused"] is True and refused["answer"] == "I don't know: my documents don't cover that."
+    assert refused["why"].startswith("below min_score 0.9")  # which gate refused
 
     qa = tmp_path / "qa.jsonl"
     rows = [json.loads(line) for line in QA.read_text().splitlines()]

@@ -4,7 +4,7 @@ A shell over `protege.Assistant.ask` (protege/api.py), which answers through the
 (serve/service.py: retrieve on the conversation, gate, grounded prompt, RAG sampling, guard) on the same engine and GGUF
 (serve/registry.py decides which): a question answers the same way here and over HTTP. Below knowledge.min_score the
 configured refusal is printed and the model is never called; `--json` says whether the reply is the model's words or a
-quote (`grounding`)."""
+quote (`grounding`), and which gate refused a question (`why`)."""
 
 from __future__ import annotations
 
