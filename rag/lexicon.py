@@ -98,13 +98,18 @@ def known(vocab: list[str], word: str) -> bool:
     return bool(tokens) and all(in_sorted(vocab, t) for t in tokens)
 
 
-def equivalents(question: str, vocab: list[str], synonyms: dict[str, str] | None = None) -> list[str]:
-    """The documents' words (EQUIVALENTS, then an assistant's `synonyms`, in their order) for the question's phrases,
+def equivalents(question: str, vocab: list[str], table: dict[str, str] = EQUIVALENTS) -> list[str]:
+    """The documents' words (`table`, in its order: EQUIVALENTS, or with_synonyms()'s) for the question's phrases,
     when the documents write the word and the question does not."""
     text = spaced(question)
-    found = [word for phrase, word in {**EQUIVALENTS, **(synonyms or {})}.items()
+    found = [word for phrase, word in table.items()
              if f" {phrase} " in text and known(vocab, word) and f" {word} " not in text]
     return list(dict.fromkeys(found))
+
+
+def with_synonyms(synonyms: dict[str, str] | None) -> dict[str, str]:
+    """EQUIVALENTS with an assistant's synonyms (load_synonyms) after them, a synonym winning a phrase both hold."""
+    return {**EQUIVALENTS, **(synonyms or {})}
 
 
 def load_synonyms(path: Path) -> dict[str, str]:

@@ -38,13 +38,13 @@ import numpy as np
 
 from rag.bm25_index import bm25_tokens  # noqa: F401  (re-exported: callers import it from here)
 from rag.claims import flat_text, holds_code, question_codes
-from rag.lexicon import EQUIVALENTS as _EQUIVALENTS
 from rag.lexicon import equivalents as _equivalents
 from rag.lexicon import has_prefix as _has_prefix
 from rag.lexicon import in_sorted as _in_sorted
 from rag.lexicon import known as _known
 from rag.lexicon import known_pieces as _known_pieces
 from rag.lexicon import spaced as _spaced
+from rag.lexicon import with_synonyms as _with_synonyms
 from rag.store import Hit, Store
 from rag.types import Source
 
@@ -58,7 +58,7 @@ class Retriever:
                  lexical_weight: float | None = None, sentences: bool = False, synonyms: dict[str, str] | None = None):
         """`synonyms`: an assistant's own names for what its documents say (rag/lexicon.load_synonyms)."""
         self.store, self.embedder, self.top_k = store, embedder, top_k
-        self.synonyms = dict(synonyms or {})
+        self.equivalents = _with_synonyms(synonyms)  # a customer's phrase -> the documents' word (rag/lexicon.py)
         self.sentences = sentences  # a chunk's dense score is also its best sentence's (rag/sentence_store.py)
         # the weights of the two lists in the RRF sum; BM25 counts half once the dense list knows sentences (see the
         # module doc)
@@ -121,8 +121,7 @@ class Retriever:
         words = [phrase for w in acronyms if not _in_sorted(vocab, w.lower())
                  for phrase in [self._spelled(w, bm25)]
                  if phrase and phrase not in question.lower()]
-        words += [w for w in _equivalents(question, vocab, self.synonyms)  # "head office" -> "headquarters"
-                  if w not in words]
+        words += [w for w in _equivalents(question, vocab, self.equivalents) if w not in words]  # "head office"
         return f"{question} ({'; '.join(words)})" if words else question
 
     # --- hybrid -------------------------------------------------------------------------------------------------
@@ -164,7 +163,7 @@ class Retriever:
             # "CFO": "Chief Financial Officer"
             if re.fullmatch(r"[A-Z]{3,6}", w) and self._spelled(w, bm25):
                 continue
-            said = {**_EQUIVALENTS, **self.synonyms}.get(w.lower())
+            said = self.equivalents.get(w.lower())
             if said and _known(vocab, said):  # "HQ": "headquarters"
                 continue
             whole = len(w) >= 3 and w.isupper()  # an acronym of 3 letters or more is a whole word: COO is not "cool"

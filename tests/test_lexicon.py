@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from protege.errors import DataError
-from rag.lexicon import equivalents, has_prefix, known, known_pieces, load_synonyms
+from rag.lexicon import equivalents, has_prefix, known, known_pieces, load_synonyms, with_synonyms
 
 DEMO_SYNONYMS = Path(__file__).resolve().parent.parent / "examples" / "captain-byte" / "synonyms.yaml"
 
@@ -53,7 +53,7 @@ def test_a_customers_phrase_gets_the_word_the_documents_write():
     assert equivalents("is 2fa mandatory for admins?", things) == ["two-factor"]
     assert equivalents("where do i make an api key", things) == ["api token"]
     # an assistant's own names come from its synonyms file (the demo's)
-    demo = load_synonyms(DEMO_SYNONYMS)
+    demo = with_synonyms(load_synonyms(DEMO_SYNONYMS))
     assert equivalents("how much is premium support", things) == []
     assert equivalents("how much is premium support", things, demo) == ["harbor priority"]
     assert equivalents("any nonprofit discount?", things, demo) == ["lighthouse"]
