@@ -8,7 +8,6 @@ asks are refused, questions the documents answer are not, and without `knowledge
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -91,17 +90,16 @@ def test_a_bad_scope_line_names_the_file_and_line(tmp_path):
 # --- the real demo index, embedder and gate ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_kb(tmp_path_factory):
+def demo_kb(demo_kb_plain):
+    """The session's demo index (conftest), opened again with the demo's scope examples: only they differ."""
     from protege.config_file import load_config
     from rag.knowledge import KnowledgeBase
 
     k = load_config(REPO / "configs" / "captain-byte.yaml").knowledge
     assert k.scope_examples == DEMO / "scope_examples.jsonl"
-    kb = KnowledgeBase.from_folder(DEMO / "knowledge", "demo-" + uuid.uuid4().hex[:6], tmp_path_factory.mktemp("s"),
-                                   min_score=k.min_score, top_k=k.top_k, unknown_name_factor=k.unknown_name_factor,
-                                   scope_examples=k.scope_examples, train_qa=k.train_qa)
-    kb.index()
-    return kb
+    return KnowledgeBase.from_folder(DEMO / "knowledge", demo_kb_plain.collection, demo_kb_plain.persist_dir,
+                                     min_score=k.min_score, top_k=k.top_k, unknown_name_factor=k.unknown_name_factor,
+                                     scope_examples=k.scope_examples, train_qa=k.train_qa)
 
 
 # near-domain questions the documents leave open, asked in words none of the examples or QA files use; the score gate
