@@ -65,7 +65,7 @@ _NEW_KNOWLEDGE_KNOBS = ("max_file_mb", "sentence_vectors", "train_near_miss_frac
 # Knobs naming a file that the stages reading it hash by content (Files, below), not by its path: no key that dumps the
 # knowledge section holds them. scope_examples is read only when answering; synonyms also by the data stage (grounded
 # examples are rendered with what the retriever finds).
-_ANSWER_KNOWLEDGE_KNOBS = ("scope_examples", "synonyms")
+_FILE_KNOWLEDGE_KNOBS = ("scope_examples", "synonyms")
 
 
 def _dump_knowledge(knowledge) -> Any:
@@ -73,7 +73,7 @@ def _dump_knowledge(knowledge) -> Any:
         return None
     return knowledge.model_dump(mode="json", exclude={k for k in _NEW_KNOWLEDGE_KNOBS
                                                       if k not in knowledge.model_fields_set}
-                                .union(_ANSWER_KNOWLEDGE_KNOBS))
+                                .union(_FILE_KNOWLEDGE_KNOBS))
 
 
 def _new_knobs(knowledge) -> list:
@@ -110,7 +110,7 @@ def _at(cfg: AssistantConfig, path: str) -> Any:
 _SPEED_KNOBS = {"train": {"micro_batch_tokens"}, "serve": {"prefix_cache", "batch_invariant"}}
 # Knobs added after assistants were built, by section: left at their default they stay out of the keys (as
 # _NEW_KNOWLEDGE_KNOBS above), so upgrading protege does not rerun a stage; set, they count.
-_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": {*_NEW_KNOWLEDGE_KNOBS[1:], *_ANSWER_KNOWLEDGE_KNOBS}}
+_NEW_KNOBS = {"export": {"lora_pair"}, "knowledge": {*_NEW_KNOWLEDGE_KNOBS[1:], *_FILE_KNOWLEDGE_KNOBS}}
 
 
 def _excluded(value: BaseModel, path: str) -> Any:
