@@ -74,6 +74,8 @@ class Prepared:
         out: dict[str, Any] = {"sources": self.sources, "confidence": self.confidence}
         if self.grounding is not None:
             out["grounding"] = self.grounding
+        if self.grounding == "refused" and self.why:
+            out["why"] = self.why
         return out
 
 

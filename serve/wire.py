@@ -150,14 +150,17 @@ class SourceOut(Out):
 class Grounded(Out):
     """Base of every answer (OpenAI's response and chunk, Ollama's chat and generate lines): Protégé's RAG extras,
     set only when the answer went through retrieval. `grounding` says what the guard did: generated (the model's
-    checked words), extractive (it quoted a source), refused (below the confidence gate). The `trailing` fields are
-    dumped last, so a client reads the API's own fields first, as in OpenAI's and Ollama's answers."""
+    checked words), extractive (it quoted a source), refused (below the confidence gate); `why`, on a refusal only,
+    which gate refused ("below min_score 0.2946", "asks for a financial figure no source states"), as `protege ask
+    --json` says it. The `trailing` fields are dumped last, so a client reads the API's own fields first, as in
+    OpenAI's and Ollama's answers."""
 
-    trailing: ClassVar[tuple[str, ...]] = ("sources", "confidence", "grounding")
+    trailing: ClassVar[tuple[str, ...]] = ("sources", "confidence", "grounding", "why")
 
     sources: list[SourceOut] | None = None
     confidence: float | None = None
     grounding: Literal["generated", "extractive", "refused"] | None = None
+    why: str | None = None
 
     @model_serializer(mode="wrap")
     def _trailing_last(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

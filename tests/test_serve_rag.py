@@ -54,13 +54,19 @@ def test_answer_with_sources_and_refusal_without_engine(rag_app):
     # the fake echoes the prompt back: the guard cuts the leaked scaffold and says it quoted the source instead
     reply = body["choices"][0]["message"]["content"]
     assert "<documents>" not in reply and body["grounding"] == "extractive" and "electrician" in reply
+    assert "why" not in body
     calls = engines[0].calls
     off = [{"role": "user", "content": "What is the best recipe for chocolate cake?"}]
     body = client.post("/v1/chat/completions", json={"model": "battery", "messages": off}).json()
     assert body["choices"][0]["message"]["content"].startswith("I don't know") and body["confidence"] < 0.35
+    assert body["why"].startswith("below min_score")  # which gate refused (an answer carries no "why")
     text = client.post("/api/chat", json={"model": "battery", "messages": off}).text
     lines = [json.loads(x) for x in text.split("\n") if x]
     assert lines[0]["message"]["content"].startswith("I don't know") and lines[-1]["done"]
+    assert lines[-1]["why"] == body["why"] and list(lines[-1])[-1] == "why"  # Ollama's final line, last
+    text = client.post("/v1/chat/completions", json={"model": "battery", "messages": off, "stream": True}).text
+    final = [json.loads(x[6:]) for x in text.split("\n") if x.startswith("data: {")][-1]
+    assert final["grounding"] == "refused" and final["why"] == body["why"]  # SSE's final chunk
     assert engines[0].calls == calls  # refusals never reached the model
     body = client.post("/v1/chat/completions", json={"model": "battery", "messages": off, "rag": False}).json()
     assert "sources" not in body and engines[0].calls == calls + 1
