@@ -75,6 +75,17 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                "static ip": "floating ip", "reserved ip": "floating ip", "elastic ip": "floating ip",
                "static ips": "floating ip", "reserved ips": "floating ip", "elastic ips": "floating ip",
                "reserved public address": "floating ip", "static public ip": "floating ip",
+               # engineers' and other clouds' words for the same things (AWS, GCP, DigitalOcean): "What do we get
+               # charged for an EIP that's sitting unattached?", "Managed LB pricing?", "Compute uptime SLO?" named
+               # what the documents lack and were refused at 0.000 (a fresh dev split of engineers' questions)
+               "vm": "server", "vms": "server", "vps": "server", "virtual machine": "server",
+               "virtual machines": "server",
+               "lb": "load balancer", "lbs": "load balancer", "elb": "load balancer",
+               "eip": "floating ip", "eips": "floating ip", "ebs": "block storage",
+               "apac": "asia-pacific", "dpo": "data-protection officer",
+               "slo": "uptime commitment", "slos": "uptime commitment",
+               "rca": "root cause", "rcas": "root cause", "post mortem": "post-incident", "postmortem": "post-incident", "postmortems": "post-incident",
+               "ingress": "inbound", "egress": "outbound",
                # ways of asking for the company's support
                "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",
                "speak to someone": "support", "call you": "phone support", "contact you": "support",

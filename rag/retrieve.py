@@ -160,6 +160,7 @@ class Retriever:
         for w in salient_words(question):
             if re.fullmatch(r"[A-Z]{2,}s", w):  # a plural acronym: "CPUs" names what "CPU" names
                 w = w[:-1]
+            w = _LIKENED.sub("", w)  # "EBS-style volumes" asks for volumes like EBS's: is "EBS" known?
             # "CFO": "Chief Financial Officer"
             if re.fullmatch(r"[A-Z]{3,6}", w) and self._spelled(w, bm25):
                 continue
@@ -274,6 +275,9 @@ def asking_part(message: str) -> str:
     sentences = re.split(r"(?<=[.!?])\s+", message.strip())
     asking = [s for s in sentences if s.rstrip().endswith("?")]
     return " ".join(asking) if asking and len(asking) < len(sentences) else message
+
+
+_LIKENED = re.compile(r"-(?:style|like|esque|type)$", re.I)  # a comparison glued to a name ("RDS-style")
 
 
 def salient_words(question: str) -> list[str]:
