@@ -84,7 +84,8 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                "eip": "floating ip", "eips": "floating ip", "ebs": "block storage",
                "apac": "asia-pacific", "dpo": "data-protection officer",
                "slo": "uptime commitment", "slos": "uptime commitment",
-               "rca": "root cause", "rcas": "root cause", "post mortem": "post-incident", "postmortem": "post-incident", "postmortems": "post-incident",
+               "rca": "root cause", "rcas": "root cause", "post mortem": "post-incident",
+               "postmortem": "post-incident", "postmortems": "post-incident",
                "ingress": "inbound", "egress": "outbound",
                # ways of asking for the company's support
                "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",

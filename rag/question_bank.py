@@ -37,6 +37,10 @@ class QuestionBank:
         best = int(sims.argmax())
         return float(sims[best]), lines[best]
 
+    def lines(self) -> list[str]:
+        """The bank's questions, as read (and embedded) once."""
+        return self._load()[0]
+
     def _load(self) -> tuple[list[str], np.ndarray]:
         with self._lock:
             if self._lines is None:
