@@ -22,9 +22,9 @@ PLACE_FLOOR = 0.33  # a question naming a place is refused when, without it, no 
 # "Bedford"); and not those named by a direction or a word of geography alone ("Central", "North", "Western")
 _DIVISIONS = {"State", "Province", "Land", "Territory", "Canton", "Autonomous community", "Country", "Region",
               "Autonomous region", "Prefecture", "Emirate", "Federal district", "Capital territory", "Department"}
-_GENERIC = re.compile(r"(?:(?:north|south|east|west|central|northern|southern|eastern|western|upper|lower|capital|"
-                      r"greater|coast(?:al)?|islands?|highlands?|lakes?|river|city|district|region|territory|the|and|of)"
-                      r"\b\s*)+")
+_GENERIC = re.compile(r"(?:(?:north|south|east|west|central|northern|southern|eastern|western|upper|lower|"
+                      r"capital|greater|coast(?:al)?|islands?|highlands?|lakes?|river|city|district|region|territory|"
+                      r"the|and|of)\b\s*)+")
 
 
 @lru_cache(maxsize=1)
