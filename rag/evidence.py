@@ -335,7 +335,9 @@ class EvidenceRanker:
             # a band holding the value the question names is no look-alike: it goes first whatever its score
             e.primary = (e.primary and e.score >= PRIMARY_SHARE * top_score) or any(_in_band(e.text, v) for v in shares)
         scored.sort(key=lambda e: (-e.primary, -e.score))
-        top = _extreme_row(question, scored)
+        # a follow-up's own extreme decides ("and the biggest one, what does that run per month?" after the cheapest
+        # plan was quoted the cheapest's row again); without one, the conversation's ("and how much RAM does it have?")
+        top = _extreme_row(focus if focus and superlatives(focus) else question, scored)
         if top is not None:  # "the newest region", "the cheapest plan": the table row that holds the extreme value
             scored.remove(top)
             scored.insert(0, Evidence(top.text, top.source, scored[0].score + 1.0 if scored else top.score, True,

@@ -323,6 +323,19 @@ def test_a_follow_up_is_answered_by_the_row_its_own_words_name(demo_kb):
     assert "Chief Financial Officer" in first and "Marisol Quint" not in first, first
 
 
+def test_demo_a_follow_ups_own_extreme_picks_the_row(demo_kb_plain):
+    """"what about the most expensive one?" after "which plan is the cheapest?" is searched with both turns; the
+    conversation's "cheapest" picked the Dinghy's row again. The follow-up's own extreme decides: the Galleon's."""
+    demo_kb = demo_kb_plain
+    msgs = [{"role": "user", "content": "which plan is the cheapest?"},
+            {"role": "assistant", "content": "Ahoy! The Dinghy, at $6 per month."},
+            {"role": "user", "content": "what about the most expensive one?"}]
+    r = demo_kb.retrieve_conversation(msgs)
+    assert "cheapest" in r.question  # searched with the turn before
+    first = demo_kb.guard_session(msgs, r).finish().split(" [")[0]
+    assert "Plan: Galleon" in first and "$88" in first and "$6" not in first, first
+
+
 def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo_kb):
     """"whats the street address of your head office" quoted the mailing address (PO Box 3142: the address kind
     counted it) and, once that was no street address, Singapore's; "HQ" was a name the documents lack, so "the Halifax
