@@ -87,6 +87,8 @@ EQUIVALENTS = {"hq": "headquarters", "head office": "headquarters", "main office
                "rca": "root cause", "rcas": "root cause", "post mortem": "post-incident",
                "postmortem": "post-incident", "postmortems": "post-incident",
                "ingress": "inbound", "egress": "outbound",
+               "colo": "data center partner", "colocation": "data center partner",
+               "colo provider": "data center partner", "facility operator": "data center partner",
                # ways of asking for the company's support
                "talk to a human": "support", "speak to a human": "support", "talk to someone": "support",
                "speak to someone": "support", "call you": "phone support", "contact you": "support",

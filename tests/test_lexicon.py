@@ -109,6 +109,7 @@ def test_demo_engineers_words_are_the_documents_things_not_names_they_lack(demo_
         got = kb.retrieve(q)
         assert not got.refused and path in [s.path for s in got.sources[:3]], (q, got.why, got.sources[:3])
     assert "floating ip" in kb.retriever.expand("What do we get charged for an EIP?")
+    assert "data center partner" in kb.retriever.expand("Who's the colo provider behind fra1?")
     for q in ("Pricing for a managed Postgres cluster, RDS-style?",
               "Do you have a managed Kubernetes offering like EKS?", "Can I rent GPU instances for ML training?"):
         assert kb.retriever.unknown_names(q) and kb.retrieve(q).refused, q
