@@ -281,7 +281,11 @@ class EvidenceRanker:
             prev = None
             for sent in split_sentences(body):
                 # "It opened in 2019." says nothing alone: it is scored and quoted with the sentence before it
-                leans = prev is not None and _LEANS_BACK.match(sent)
+                # a list's item goes with its lead-in and the items before it ("new accounts start with these limits:"
+                # "at most 10 servers at a time;" "at most 5 floating IPs." was quoted from its last item alone). Only
+                # an item that is no sentence (lower-case): joining each line after a ":" or ";" lost dev holds (-6)
+                leans = prev is not None and (_LEANS_BACK.match(sent) or (sent[:1].islower()
+                                                                           and prev.rstrip().endswith((":", ";"))))
                 if leans:
                     sent = f"{prev} {sent}"
                 starts.append(starts[-1] if leans else len(cands))

@@ -336,6 +336,16 @@ def test_demo_a_follow_ups_own_extreme_picks_the_row(demo_kb_plain):
     assert "Plan: Galleon" in first and "$88" in first and "$6" not in first, first
 
 
+def test_demo_a_list_item_is_quoted_with_its_lead_in(demo_kb_plain):
+    """"new accounts start with these limits:" then "at most 10 servers at a time;" ... "at most 5 floating IPs.": the
+    last item was quoted alone ("Ahoy! at most 5 floating IPs."), a fragment that says limits of what?"""
+    q = "What limits does a brand-new account start with for servers and floating IPs?"
+    r = demo_kb_plain.retrieve(q)
+    first = demo_kb_plain.guard_session([{"role": "user", "content": q}], r).finish().split(" [")[0]
+    assert "new accounts start with these limits: at most 10 servers at a time;" in first, first
+    assert first.endswith("at most 5 floating IPs"), first
+
+
 def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo_kb):
     """"whats the street address of your head office" quoted the mailing address (PO Box 3142: the address kind
     counted it) and, once that was no street address, Singapore's; "HQ" was a name the documents lack, so "the Halifax
