@@ -179,8 +179,31 @@ class KnowledgeBase:
         elif sources and not listed and world and self.cfg.off_topic and self._only_through_places(question, searched,
                                                                                                    texts):
             sources, refused, why = [], True, _PLACE_ONLY
+        if sources and not listed:
+            sources = self._with_parts(question, sources)
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
+
+    def _with_parts(self, question: str, sources: list[Source]) -> list[Source]:
+        """The sources, then each part's best chunk that they lack, when the question asks two things ("Generator
+        runtime if grid power drops, and what are the host uplinks?": the whole question found the power section
+        alone over the gate; its second part, searched alone, finds the network's). Over the gate only, and at most
+        one more than top_k: the prompt must still fit the model's context with the conversation. Dev quote-only:
+        qa_dev11 (engineers asking two things at once) holds 43 -> 45 of 46, nothing else changed."""
+        from rag.evidence import question_parts
+
+        parts = question_parts(question)
+        if len(parts) < 2:
+            return sources
+        have = {s.chunk_id for s in sources}
+        for part in parts:
+            if len(sources) > self.cfg.top_k:
+                break
+            best = (self.retriever.search(part) or [None])[0]  # the part's best, when the sources lack it
+            if best is not None and best.chunk_id not in have and best.score >= self.cfg.min_score:
+                sources = [*sources, best]
+                have.add(best.chunk_id)
+        return sources
 
     def _only_through_places(self, question: str, searched: str, texts: list[str]) -> bool:
         """Whether the question names a place of the world that the sources write (rag/places.py) and, without it,

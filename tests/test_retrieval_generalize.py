@@ -346,6 +346,16 @@ def test_demo_a_list_item_is_quoted_with_its_lead_in(demo_kb_plain):
     assert first.endswith("at most 5 floating IPs"), first
 
 
+def test_demo_each_part_of_a_two_part_question_finds_its_section(demo_kb_plain):
+    """The whole question found the power section alone over the gate; its second part, searched alone, finds the
+    network's (at most one source more than top_k)."""
+    q = "How long can the generators keep a region running in a power cut, and how fast are each host's uplinks?"
+    r = demo_kb_plain.retrieve(q)
+    assert len(r.sources) <= demo_kb_plain.cfg.top_k + 1
+    quote = demo_kb_plain.guard_session([{"role": "user", "content": q}], r).finish()
+    assert "48 hours" in quote and "25 Gbps" in quote, quote
+
+
 def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo_kb):
     """"whats the street address of your head office" quoted the mailing address (PO Box 3142: the address kind
     counted it) and, once that was no street address, Singapore's; "HQ" was a name the documents lack, so "the Halifax
