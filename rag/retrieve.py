@@ -296,7 +296,8 @@ def salient_words(question: str) -> list[str]:
 
 def name_phrases(question: str) -> list[str]:
     """Runs of two or more capitalised words past a sentence's first word, lower-cased ("Who is Byte Harbor's Chief
-    Operating Officer?" -> "byte harbor", "chief operating officer"); a possessive ends a run."""
+    Operating Officer?" -> "byte harbor", "chief operating officer"); a possessive ends a run, and a capital letter
+    after them ends it as part of the name ("Who led the Series B?" -> "series b")."""
     out = []
     for sentence in re.split(r"(?<=[.!?])\s+", question):
         run: list[str] = []
@@ -308,6 +309,8 @@ def name_phrases(question: str) -> list[str]:
                 run.append(w.lower())
                 if not possessive:
                     continue
+            elif run and re.fullmatch(r"[A-HJ-Z]", w):  # a letter ends a name: "Series B" is not "Series A"
+                run.append(w.lower())
             if len(run) >= 2:
                 out.append(" ".join(run))
             run = []
