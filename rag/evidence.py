@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from rag.claims import STOP_WORDS, WORD, claims
+from rag.retrieve import asking_part
 from rag.sentences import ROW as _ROW
 from rag.sentences import heading_and_body, split_sentences, under_heading
 from rag.tables import (Table, asks_to_list, holds_quantity, question_quantities, row_keys, row_value,
@@ -303,7 +304,7 @@ class EvidenceRanker:
         # (the load balancers' row was quoted first). Dev quote-only: first sentence +3, holds +1 and -1.
         fwords = content_words(focus) - _QUESTION_WORDS if focus else set()
         fweight = _idf(fwords, cand_words)
-        asks = asked_kinds(question)
+        asks = asked_kinds(asking_part(question))  # what the asking sentences ask for, not the context ("Since Monday")
         # a figure or a code the question names ("my script keeps getting 429 errors", "getting BH-4501 when i try to
         # move my vm down"): a sentence holding it is about what is asked, as one carrying the kind asked for is ("how
         # long": "suspended for one hour")

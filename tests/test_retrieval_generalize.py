@@ -366,6 +366,16 @@ def test_demo_each_part_of_a_two_part_question_finds_its_section(demo_kb_plain):
     assert "48 hours" in quote and "25 Gbps" in quote, quote
 
 
+def test_demo_what_a_ticket_asks_for_comes_from_its_question_not_its_story(demo_kb_plain):
+    """"Since last week it keeps failing" is the customer's story: its "since" had made the quote lead with
+    sentences holding a time ("suspended for one hour"); the question asks for a per-minute limit."""
+    q = ("Our deploy script sends lots of PUT and DELETE calls. Since last week it keeps failing with 429 errors. "
+         "What's the per-minute ceiling for write calls on a single token?")
+    r = demo_kb_plain.retrieve(q)
+    first = demo_kb_plain.guard_session([{"role": "user", "content": q}], r).finish().split(" [")[0]
+    assert "Write requests" in first and "120 requests per minute" in first, first
+
+
 def test_the_head_office_is_the_headquarters_and_a_po_box_no_street_address(demo_kb):
     """"whats the street address of your head office" quoted the mailing address (PO Box 3142: the address kind
     counted it) and, once that was no street address, Singapore's; "HQ" was a name the documents lack, so "the Halifax
