@@ -137,15 +137,16 @@ class KnowledgeBase:
     def retrieve(self, question: str, listing: bool = True, world: bool = True) -> Retrieval:
         """Top-k with the gate: refused=True when the best final score is below min_score, when the question names a
         code (an error code, a region slug) that none of the sources holds, or asks for a phone number, an e-mail, a
-        street address or a financial figure that none of them writes, names a compliance standard that no document
-        writes, nearly repeats a general-world question (rag/off_topic.py) or an example of what the documents leave
-        open (rag/scope.py) more than the documents, or is about them only through a place they name
-        (rag/places.py). When answered, sources under the threshold are dropped too (they would be irrelevant
-        citations). A question that asks to list a table's rows gets the whole table (see _table); `listing=False`
-        for a follow-up's query made of several turns; `world=False` leaves the general-world and the place checks
-        out (a follow-up alone, see retrieve_conversation)."""
+        street address, a thing's name or a financial figure that none of them writes, names a compliance standard
+        that no document writes, nearly repeats a general-world question or a request to leave the instructions
+        (rag/off_topic.py) or an example of what the documents leave open (rag/scope.py) more than the documents, or
+        is about them only through a place they name (rag/places.py). When answered, sources under the threshold are
+        dropped too (they would be irrelevant citations). A question that asks to list a table's rows gets the whole
+        table (see _table); `listing=False` for a follow-up's query made of several turns; `world=False` leaves the
+        general-world and the place checks out (a follow-up alone, see retrieve_conversation)."""
         from rag.claims import unknown_codes
-        from rag.answerable import asks_plan, missing_contact, missing_figure, missing_standard, states_plan
+        from rag.answerable import (asks_plan, missing_contact, missing_figure, missing_name, missing_standard,
+                                     states_plan)
 
         # the question as searched, embedded once: the ranking and the general-world check read the same vector
         searched = self.retriever.expand(question)
@@ -166,6 +167,8 @@ class KnowledgeBase:
             sources, refused, why = [], True, "names a code no source holds"
         elif sources and missing_contact(question, texts):
             sources, refused, why = [], True, _NO_CONTACT
+        elif sources and missing_name(question, texts):  # "the name of the bakery that was your first customer"
+            sources, refused, why = [], True, "asks for a name no source gives"
         elif sources and missing_standard(question, self.retriever.corpus_text):  # "are you HIPAA compliant?"
             sources, refused, why = [], True, "names a compliance standard the documents never write"
         elif sources and missing_figure(question, texts):

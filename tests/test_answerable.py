@@ -126,3 +126,29 @@ def test_demo_a_standard_the_documents_never_name_is_refused_one_they_name_is_no
     r = demo_kb_plain.retrieve("Our auditor is strict about GDPR: in which region are the backups of a server in "
                                "fra1 stored?")
     assert not r.refused and any("backup-retention.md" == s.path for s in r.sources), r
+
+
+def test_the_name_of_a_thing_must_be_written_where_the_thing_is():
+    from rag.answerable import missing_name
+
+    history = ["Our Story > Founding\nThe first paying customer was a Halifax bakery that needed a home for its "
+               "online ordering page; its owner still sends the team a box of oatcakes every March."]
+    # the bakery is written, its name is not ("Halifax" is a place, "March" a month)
+    assert missing_name("what was the name of the bakery that was your first customer?", history)
+    firewall = ["Onboarding > Step 4\nNew servers are protected by the Harbor Default firewall policy, which blocks "
+                "all inbound traffic except SSH."]
+    assert not missing_name("What's the name of the firewall policy that new servers get automatically?", firewall)
+    assert missing_name("What's the name of the firewall policy that new servers get automatically?", history)
+    # no name asked, or a person by role (missing_contact's)
+    assert not missing_name("Who was your first customer?", history)
+    assert not missing_name("What is the name of your data-protection officer?", history)
+
+
+def test_demo_the_name_of_a_thing_the_documents_never_name_is_refused(demo_kb_plain):
+    """The history page says the first paying customer "was a Halifax bakery" and never names it: the question
+    scored it 0.77 and was quoted that sentence."""
+    r = demo_kb_plain.retrieve("Could you tell me the name of the bakery that was Byte Harbor's first paying client?")
+    assert r.refused and r.why == "asks for a name no source gives", r.why
+    assert r.confidence >= demo_kb_plain.cfg.min_score
+    r = demo_kb_plain.retrieve("What is the name of the firewall policy new servers start with?")
+    assert not r.refused and any("Harbor Default" in s.text for s in r.sources), r.why
