@@ -22,10 +22,10 @@ RULES = (
 _FOLLOW_UP = re.compile(
     r"^\s*(and|also|but|so|or|plus|then|what about|how about|same)\b"
     # an acknowledgement of the last answer first ("ok, how long ...", "thanks - and who ..."), or "... then?",
-    # "... anyway?", "... instead?" last, or "what if" first ("what if my script just keeps sending requests anyway?"
-    # after what going over the API rate limit does: alone it scored 0.287, under the gate)
+    # "... anyway?", "... instead?", "... tho" last, or "what if" first ("what if my script just keeps sending
+    # requests anyway?" after what going over the API rate limit does: alone it scored 0.287, under the gate)
     r"|^\s*(ok(ay)?|right|great|thanks|thank you|cool|alright|sure|got it|i see|nice|perfect|hmm+)\b[\s,.!:;-]+\w"
-    r"|\b(then|anyway|instead)\s*[?.!]*\s*$|^\s*what if\b"
+    r"|\b(then|anyway|instead|tho|though)\s*[?.!]*\s*$|^\s*what if\b"
     r"|\b(it|its|it's|that|this|those|these|they|them|their|there|one|ones|same|which one)\b", re.I)
 
 

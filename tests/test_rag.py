@@ -398,6 +398,8 @@ def test_index_skips_an_oversized_file_with_a_warning_and_drops_its_old_chunks(t
     ("whats the limit for write requests then", True),
     ("what if my script just keeps sending requests anyway?", True),  # "what if" after an answer; "... anyway?"
     ("can I pay by bank transfer instead?", True),
+    ("i paid with paypal tho", True),                                # "... though" after the refund's timing
+    ("Is Thoth a region?", False),
     ("Does the bhc whatif flag work for DNS records?", False),        # "whatif" is no "what if"
     ("Okay: what does the Sloop plan cost?", True),                 # searched both ways; the better one is kept
     ("What does the Sloop plan cost?", False),
