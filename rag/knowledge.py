@@ -144,10 +144,6 @@ class KnowledgeBase:
         dropped too (they would be irrelevant citations). A question that asks to list a table's rows gets the whole
         table (see _table); `listing=False` for a follow-up's query made of several turns; `world=False` leaves the
         general-world and the place checks out (a follow-up alone, see retrieve_conversation)."""
-        from rag.claims import unknown_codes
-        from rag.answerable import (asks_plan, missing_contact, missing_figure, missing_name, missing_standard,
-                                     states_plan)
-
         # the question as searched, embedded once: the ranking and the general-world check read the same vector
         searched = self.retriever.expand(question)
         qvec = self.embedder.embed_query(searched)
@@ -162,30 +158,41 @@ class KnowledgeBase:
         refused = not ranked or confidence < self.cfg.min_score
         why = f"below min_score {self.cfg.min_score}" if refused else ""
         sources = [] if refused else [s for s in ranked if s.score >= self.cfg.min_score]
-        texts = [s.text for s in sources]
-        if sources and unknown_codes(question, texts):  # "error BH-5099" when only BH-5017 is documented
-            sources, refused, why = [], True, "names a code no source holds"
-        elif sources and missing_contact(question, texts):
-            sources, refused, why = [], True, _NO_CONTACT
-        elif sources and missing_name(question, texts):  # "the name of the bakery that was your first customer"
-            sources, refused, why = [], True, "asks for a name no source gives"
-        elif sources and missing_standard(question, self.retriever.corpus_text):  # "are you HIPAA compliant?"
-            sources, refused, why = [], True, "names a compliance standard the documents never write"
-        elif sources and missing_figure(question, texts):
-            sources, refused, why = [], True, "asks for a financial figure no source states"
-        elif sources and asks_plan(question) and not states_plan(
-                [e.text for e in self.guard.evidence(searched, sources)]):
-            sources, refused, why = [], True, "asks about a plan no source states"
-        like = self._like_example(qvec, nearest, world) if sources and not listed else ""
-        if like:
-            sources, refused, why = [], True, like
-        elif sources and not listed and world and self.cfg.off_topic and self._only_through_places(question, searched,
-                                                                                                   texts):
-            sources, refused, why = [], True, _PLACE_ONLY
+        why = why or (self._unanswerable(question, searched, sources) if sources else "")
+        if not why and sources and not listed:
+            why = self._like_example(qvec, nearest, world)
+            if not why and world and self.cfg.off_topic and self._only_through_places(question, searched,
+                                                                                        [s.text for s in sources]):
+                why = _PLACE_ONLY
+        if why:
+            sources, refused = [], True
         if sources and not listed:
             sources = self._with_parts(question, sources)
         return Retrieval(question=question, sources=sources, confidence=round(confidence, 4), refused=refused,
                          listed=listed and not refused, why=why)
+
+    def _unanswerable(self, question: str, searched: str, sources: list[Source]) -> str:
+        """Why the sources, over the gate, cannot answer what the question asks for, or "": the first of the checks
+        (rag/claims.py, rag/answerable.py) that finds the fact missing, each with its own Retrieval.why."""
+        from rag.answerable import (asks_plan, missing_contact, missing_figure, missing_name, missing_standard,
+                                    states_plan)
+        from rag.claims import unknown_codes
+
+        texts = [s.text for s in sources]
+        checks = [
+            # "error BH-5099" when only BH-5017 is documented
+            ("names a code no source holds", lambda: unknown_codes(question, texts)),
+            (_NO_CONTACT, lambda: missing_contact(question, texts)),
+            # "the name of the bakery that was your first customer"
+            ("asks for a name no source gives", lambda: missing_name(question, texts)),
+            # "are you HIPAA compliant?"
+            ("names a compliance standard the documents never write",
+             lambda: missing_standard(question, self.retriever.corpus_text)),
+            ("asks for a financial figure no source states", lambda: missing_figure(question, texts)),
+            ("asks about a plan no source states", lambda: asks_plan(question) and not states_plan(
+                [e.text for e in self.guard.evidence(searched, sources)])),
+        ]
+        return next((why for why, missing in checks if missing()), "")
 
     def _with_parts(self, question: str, sources: list[Source]) -> list[Source]:
         """The sources, then each part's best chunk that they lack, when the question asks two things ("Generator
