@@ -15,7 +15,7 @@ from rag.loaders import load_file
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "captain-byte"
 DEV_SPLITS = ["qa.jsonl", "qa_dev2.jsonl", "qa_dev3_followups.jsonl", "qa_dev4.jsonl", "qa_dev5.jsonl",
               "qa_dev6.jsonl", "qa_dev7.jsonl", "qa_dev8.jsonl", "qa_dev9.jsonl", "qa_dev10.jsonl", "qa_dev11.jsonl",
-              "qa_dev12.jsonl", "qa_paraphrases.jsonl", "train_qa.jsonl", "scope_examples.jsonl"]
+              "qa_dev12.jsonl", "qa_dev13.jsonl", "qa_paraphrases.jsonl", "train_qa.jsonl", "scope_examples.jsonl"]
 
 
 def _flat(text: str) -> str:
