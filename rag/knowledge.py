@@ -236,9 +236,7 @@ class KnowledgeBase:
         worldly = self.off_topic.closer(qvec, nearest, world) if self.cfg.off_topic else None
         if worldly:
             return f"{_LIKE} {self.off_topic.what(worldly)}: {worldly!r}"
-        from rag.scope import FLOOR, FOLLOW_UP_FLOOR
-
-        outside = self.scope.outside(qvec, nearest, FLOOR if world else FOLLOW_UP_FLOOR) if self.scope else None
+        outside = self.scope.outside(qvec, nearest, alone=not world) if self.scope else None
         return f"{_LIKE} a question the documents leave open: {outside!r}" if outside else ""
 
     def _table(self, question: str, ranked: Sequence[Source], qvec: list[float]) -> tuple[list[Source], bool]:

@@ -46,11 +46,12 @@ class Scope:
         self.answered = QuestionBank("scope_answered", lambda: self._questions(answered=True), embed, embedder_name,
                                      cache_dir)
 
-    def outside(self, qvec: list[float], confidence: float, floor: float = FLOOR) -> str | None:
+    def outside(self, qvec: list[float], confidence: float, alone: bool = False) -> str | None:
         """The unanswerable example the question nearly repeats, nearer than any answerable example and than the
-        documents (`confidence`: their best score), or None; `floor`: FOLLOW_UP_FLOOR for a follow-up alone."""
+        documents (`confidence`: their best score), or None; `alone`: a follow-up searched without its conversation
+        (FOLLOW_UP_FLOOR)."""
         sim, line = self.open.nearest(qvec)
-        if not line or sim < max(floor, confidence + MARGIN):
+        if not line or sim < max(FOLLOW_UP_FLOOR if alone else FLOOR, confidence + MARGIN):
             return None
         return line if sim >= self.answered.nearest(qvec)[0] + MARGIN else None
 
