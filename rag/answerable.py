@@ -144,14 +144,13 @@ def missing_name(question: str, texts: Sequence[str]) -> bool:
     if m is None or re.search(_ROLE + "$", m.group(1), re.I):
         return False
     noun = m.group(1).split()[-1].lower()
-    asked = {w.lower() for w in WORD.findall(question)}
+    not_names = gazetteer() | _NOT_NAMES | {w.lower() for w in WORD.findall(question)}
     for t in texts:
         for s in split_sentences(t):
             if not _holds_word(s, noun[:5]):
                 continue
             words = re.findall(r"[A-Za-z][\w&'-]*", s)[1:]
-            if any(w[0].isupper() and w.lower() not in gazetteer() and w.lower() not in _NOT_NAMES
-                   and w.lower() not in asked for w in words):
+            if any(w[0].isupper() and w.lower() not in not_names for w in words):
                 return False
     return True
 
